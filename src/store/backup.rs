@@ -1,0 +1,75 @@
+//! Online backup and verified restore of the database file.
+
+use std::path::Path;
+
+use rusqlite::{Connection, OpenFlags};
+
+use super::{Error, Result};
+
+/// Copy the live database at `src` into a new file `dest` with SQLite's online backup API
+/// (consistent even while the appliance writes), then check the copy's integrity.
+pub fn backup_to(src: &Path, dest: &Path) -> Result<()> {
+    let source = Connection::open_with_flags(src, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(
+        |source| Error::Open {
+            path: src.to_path_buf(),
+            source,
+        },
+    )?;
+    source
+        .execute_batch("PRAGMA busy_timeout = 10000;")
+        .map_err(Error::sql("configure backup source"))?;
+    let mut target = Connection::open(dest).map_err(|source| Error::Open {
+        path: dest.to_path_buf(),
+        source,
+    })?;
+    {
+        let backup = rusqlite::backup::Backup::new(&source, &mut target)
+            .map_err(Error::sql("start backup"))?;
+        backup
+            .run_to_completion(256, std::time::Duration::from_millis(5), None)
+            .map_err(Error::sql("copy database"))?;
+    }
+    // A backup must not depend on a WAL file next to it.
+    target
+        .execute_batch("PRAGMA journal_mode = DELETE;")
+        .map_err(Error::sql("finish backup"))?;
+    check_file(&target)
+}
+
+/// Check that `path` is a healthy palisade database this executable can open.
+pub fn restore_from(path: &Path) -> Result<i64> {
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(
+        |source| Error::Open {
+            path: path.to_path_buf(),
+            source,
+        },
+    )?;
+    check_file(&conn)?;
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(Error::sql("read schema version"))?;
+    if version == 0 {
+        return Err(Error::Corrupt(format!(
+            "{} is not a palisade database (schema version 0)",
+            path.display()
+        )));
+    }
+    if version > super::SCHEMA_VERSION {
+        return Err(Error::SchemaTooNew {
+            found: version,
+            supported: super::SCHEMA_VERSION,
+        });
+    }
+    Ok(version)
+}
+
+fn check_file(conn: &Connection) -> Result<()> {
+    let result: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .map_err(Error::sql("integrity check"))?;
+    if result == "ok" {
+        Ok(())
+    } else {
+        Err(Error::Corrupt(result))
+    }
+}

@@ -1,0 +1,231 @@
+//! Versioned schema migrations, applied in order at start; `PRAGMA user_version` records the
+//! version reached. A migration and its version bump commit together, so a crash mid-migration
+//! leaves the previous version intact.
+
+use rusqlite::Connection;
+
+use super::{Error, Result};
+
+/// Each entry is one migration; its version is its position, counting from 1.
+const MIGRATIONS: &[&str] = &[
+    // 1: identity, tenancy, domain objects, audit.
+    r#"
+CREATE TABLE tenants (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    description TEXT NOT NULL DEFAULT '',
+    version INTEGER NOT NULL DEFAULT 1,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE TABLE projects (
+    id TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL REFERENCES tenants(id),
+    name TEXT NOT NULL,
+    description TEXT NOT NULL DEFAULT '',
+    version INTEGER NOT NULL DEFAULT 1,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    UNIQUE (tenant_id, name)
+);
+CREATE TABLE users (
+    id TEXT PRIMARY KEY,
+    username TEXT NOT NULL UNIQUE,
+    display_name TEXT NOT NULL DEFAULT '',
+    password_hash TEXT NOT NULL,
+    tenant_id TEXT REFERENCES tenants(id),
+    disabled INTEGER NOT NULL DEFAULT 0,
+    failed_logins INTEGER NOT NULL DEFAULT 0,
+    locked_until INTEGER,
+    version INTEGER NOT NULL DEFAULT 1,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE INDEX users_tenant ON users(tenant_id);
+CREATE TABLE role_bindings (
+    id TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    role TEXT NOT NULL,
+    tenant_id TEXT REFERENCES tenants(id),
+    project_id TEXT REFERENCES projects(id),
+    created_at INTEGER NOT NULL,
+    UNIQUE (user_id, role, tenant_id, project_id)
+);
+CREATE INDEX role_bindings_user ON role_bindings(user_id);
+CREATE TABLE api_tokens (
+    id TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    prefix TEXT NOT NULL,
+    secret_hash BLOB NOT NULL UNIQUE,
+    expires_at INTEGER NOT NULL,
+    revoked_at INTEGER,
+    last_used_at INTEGER,
+    created_at INTEGER NOT NULL,
+    UNIQUE (user_id, name)
+);
+CREATE TABLE sessions (
+    secret_hash BLOB PRIMARY KEY,
+    user_id TEXT NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+    csrf_token TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL
+);
+CREATE TABLE setup_tokens (
+    secret_hash BLOB PRIMARY KEY,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE cloud_accounts (
+    id TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL REFERENCES tenants(id),
+    project_id TEXT NOT NULL REFERENCES projects(id),
+    name TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    endpoint TEXT NOT NULL,
+    credentials BLOB,
+    ca_bundle TEXT NOT NULL DEFAULT '',
+    placement TEXT NOT NULL DEFAULT '{}',
+    version INTEGER NOT NULL DEFAULT 1,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    UNIQUE (project_id, name)
+);
+CREATE TABLE packs (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    version TEXT NOT NULL,
+    layer_type TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    description TEXT NOT NULL DEFAULT '',
+    created_at INTEGER NOT NULL,
+    UNIQUE (name, version)
+);
+CREATE TABLE profiles (
+    id TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL REFERENCES tenants(id),
+    project_id TEXT NOT NULL REFERENCES projects(id),
+    name TEXT NOT NULL,
+    description TEXT NOT NULL DEFAULT '',
+    latest_revision INTEGER NOT NULL,
+    version INTEGER NOT NULL DEFAULT 1,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    UNIQUE (project_id, name)
+);
+CREATE TABLE profile_revisions (
+    profile_id TEXT NOT NULL REFERENCES profiles(id) ON DELETE CASCADE,
+    revision INTEGER NOT NULL,
+    layers TEXT NOT NULL,
+    created_by TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (profile_id, revision)
+);
+-- Revisions are immutable: the database itself refuses edits.
+CREATE TRIGGER profile_revisions_immutable BEFORE UPDATE ON profile_revisions
+BEGIN SELECT RAISE(ABORT, 'profile revisions are immutable'); END;
+CREATE TABLE clusters (
+    id TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL REFERENCES tenants(id),
+    project_id TEXT NOT NULL REFERENCES projects(id),
+    name TEXT NOT NULL,
+    profile_id TEXT NOT NULL REFERENCES profiles(id),
+    profile_revision INTEGER NOT NULL,
+    cloud_account_id TEXT NOT NULL REFERENCES cloud_accounts(id),
+    node_pools TEXT NOT NULL,
+    drift_policy TEXT NOT NULL,
+    status TEXT NOT NULL,
+    conditions TEXT NOT NULL DEFAULT '[]',
+    version INTEGER NOT NULL DEFAULT 1,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    UNIQUE (project_id, name),
+    FOREIGN KEY (profile_id, profile_revision) REFERENCES profile_revisions(profile_id, revision)
+);
+CREATE INDEX clusters_tenant ON clusters(tenant_id);
+CREATE TABLE events (
+    id TEXT PRIMARY KEY,
+    object_kind TEXT NOT NULL,
+    object_id TEXT NOT NULL,
+    tenant_id TEXT,
+    project_id TEXT,
+    severity TEXT NOT NULL,
+    message TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE INDEX events_object ON events(object_id);
+CREATE TABLE audit_log (
+    seq INTEGER PRIMARY KEY,
+    at INTEGER NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    object TEXT NOT NULL,
+    source TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL
+);
+-- The newest entry's seq and hash, updated with every append, so that deleting entries from
+-- the end of the log is detected too.
+CREATE TABLE audit_head (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    seq INTEGER NOT NULL,
+    hash TEXT NOT NULL
+);
+"#,
+];
+
+/// The schema version this executable writes.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Apply every migration newer than the database's version, each in its own transaction.
+pub(super) fn apply(conn: &mut Connection) -> Result<()> {
+    let found: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(Error::sql("read schema version"))?;
+    if found > SCHEMA_VERSION {
+        return Err(Error::SchemaTooNew {
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let version = i as i64 + 1;
+        let tx = conn
+            .transaction()
+            .map_err(|source| Error::Migrate { version, source })?;
+        tx.execute_batch(sql)
+            .and_then(|_| tx.execute_batch(&format!("PRAGMA user_version = {version}")))
+            .map_err(|source| Error::Migrate { version, source })?;
+        tx.commit()
+            .map_err(|source| Error::Migrate { version, source })?;
+        tracing::info!(version, "applied schema migration");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrates_an_empty_database_and_is_idempotent() {
+        let mut c = Connection::open_in_memory().expect("open");
+        apply(&mut c).expect("first");
+        apply(&mut c).expect("second");
+        let v: i64 = c
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .expect("version");
+        assert_eq!(v, SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn refuses_a_database_from_a_newer_version() {
+        let mut c = Connection::open_in_memory().expect("open");
+        c.execute_batch("PRAGMA user_version = 999").expect("set");
+        assert!(matches!(
+            apply(&mut c),
+            Err(Error::SchemaTooNew { found: 999, .. })
+        ));
+    }
+}
