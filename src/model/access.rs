@@ -79,10 +79,9 @@ pub fn check_role_scope(
             "tenant-admin needs tenant_id and no project_id",
         )),
         (Role::ProjectEditor | Role::ProjectViewer, _, Some(_)) => Ok(()),
-        (Role::ProjectEditor | Role::ProjectViewer, _, None) => Err(Invalid::new(
-            "project_id",
-            "project roles need project_id",
-        )),
+        (Role::ProjectEditor | Role::ProjectViewer, _, None) => {
+            Err(Invalid::new("project_id", "project roles need project_id"))
+        }
     }
 }
 
@@ -121,12 +120,24 @@ impl Principal {
                 .any(|g| matches!(&g.scope, BindingScope::Tenant(t) if t == tenant))
     }
 
+    /// Tenants this caller administers as tenant admin (empty for system admins, who administer all).
+    pub fn administered_tenants(&self) -> Vec<String> {
+        self.grants
+            .iter()
+            .filter_map(|g| match &g.scope {
+                BindingScope::Tenant(t) => Some(t.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// True if the tenant exists for the caller: it administers it or holds a role in one of its projects.
     pub fn sees_tenant(&self, tenant: &str) -> bool {
         self.administers_tenant(tenant)
-            || self.grants.iter().any(
-                |g| matches!(&g.scope, BindingScope::Project { tenant: t, .. } if t == tenant),
-            )
+            || self
+                .grants
+                .iter()
+                .any(|g| matches!(&g.scope, BindingScope::Project { tenant: t, .. } if t == tenant))
     }
 
     /// True if the caller may read objects of `project` (in `tenant`).
@@ -192,6 +203,24 @@ impl Principal {
         }
     }
 }
+
+/// An object that belongs to one project of one tenant.
+pub trait ProjectScoped {
+    /// Id of the owning tenant.
+    fn tenant_id(&self) -> &str;
+    /// Id of the owning project.
+    fn project_id(&self) -> &str;
+}
+
+macro_rules! project_scoped {
+    ($($t:ty),*) => {$(
+        impl ProjectScoped for $t {
+            fn tenant_id(&self) -> &str { &self.tenant_id }
+            fn project_id(&self) -> &str { &self.project_id }
+        }
+    )*};
+}
+project_scoped!(super::CloudAccount, super::Profile, super::Cluster);
 
 #[cfg(test)]
 mod tests {

@@ -72,8 +72,14 @@ impl Credentials {
         for (field, v) in [
             ("credentials.username", &self.username),
             ("credentials.password", &self.password),
-            ("credentials.application_credential_id", &self.application_credential_id),
-            ("credentials.application_credential_secret", &self.application_credential_secret),
+            (
+                "credentials.application_credential_id",
+                &self.application_credential_id,
+            ),
+            (
+                "credentials.application_credential_secret",
+                &self.application_credential_secret,
+            ),
         ] {
             if v.len() > 4096 {
                 return Err(Invalid::new(field, "is longer than 4096 bytes"));
@@ -142,7 +148,12 @@ fn check_placement(placement: &BTreeMap<String, String>) -> Result<(), Invalid> 
         return Err(Invalid::new("placement", "has more than 32 entries"));
     }
     for (k, v) in placement {
-        if k.is_empty() || k.len() > 64 || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+        if k.is_empty()
+            || k.len() > 64
+            || !k
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
             return Err(Invalid::new(
                 "placement",
                 format!("key {k:?} must be 1 to 64 letters, digits, '_' or '-'"),
@@ -307,7 +318,10 @@ fn check_pools(pools: &[NodePool]) -> Result<(), Invalid> {
             ));
         }
         if !(10..=65_536).contains(&s.disk_gib) {
-            return Err(Invalid::new(format!("{at}.size.disk_gib"), "must be 10 to 65536"));
+            return Err(Invalid::new(
+                format!("{at}.size.disk_gib"),
+                "must be 10 to 65536",
+            ));
         }
     }
     if control_planes != 1 {
@@ -467,7 +481,11 @@ mod tests {
 
     #[test]
     fn needs_one_control_plane_pool_with_odd_count() {
-        assert!(check_pools(&[pool("cp", NodeRole::ControlPlane, 3), pool("w", NodeRole::Worker, 2)]).is_ok());
+        assert!(check_pools(&[
+            pool("cp", NodeRole::ControlPlane, 3),
+            pool("w", NodeRole::Worker, 2)
+        ])
+        .is_ok());
         let err = check_pools(&[pool("cp", NodeRole::ControlPlane, 2)]).expect_err("even");
         assert_eq!(err.field, "node_pools[0].count");
         assert!(check_pools(&[pool("w", NodeRole::Worker, 2)]).is_err());
@@ -475,8 +493,11 @@ mod tests {
 
     #[test]
     fn names_duplicate_pool() {
-        let err = check_pools(&[pool("a", NodeRole::ControlPlane, 1), pool("a", NodeRole::Worker, 1)])
-            .expect_err("dup");
+        let err = check_pools(&[
+            pool("a", NodeRole::ControlPlane, 1),
+            pool("a", NodeRole::Worker, 1),
+        ])
+        .expect_err("dup");
         assert_eq!(err.field, "node_pools[1].name");
     }
 

@@ -285,10 +285,7 @@ impl NewApiToken {
         match self.expires_in_days {
             None => Ok(90),
             Some(d) if (1..=366).contains(&d) => Ok(d),
-            Some(_) => Err(Invalid::new(
-                "expires_in_days",
-                "must be between 1 and 366",
-            )),
+            Some(_) => Err(Invalid::new("expires_in_days", "must be between 1 and 366")),
         }
     }
 }

@@ -44,27 +44,15 @@ pub struct Page<T> {
     pub next_after: Option<String>,
 }
 
-/// Paging parameters common to every list route.
-#[derive(Debug, Clone, Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct PageRequest {
-    /// Items per page, 1 to 500 (default 100).
-    pub limit: Option<u32>,
-    /// Return items whose id sorts after this cursor (the previous page's `next_after`).
-    pub after: Option<String>,
-}
-
 /// The largest page a client may ask for.
 pub const MAX_PAGE: u32 = 500;
 
-impl PageRequest {
-    /// Validated page size.
-    pub fn limit(&self) -> Result<u32, Invalid> {
-        match self.limit {
-            None => Ok(100),
-            Some(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
-            Some(_) => Err(Invalid::new("limit", "must be between 1 and 500")),
-        }
+/// Validate a list route's `limit` parameter (1 to 500, default 100).
+pub fn page_limit(limit: Option<u32>) -> Result<u32, Invalid> {
+    match limit {
+        None => Ok(100),
+        Some(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
+        Some(_) => Err(Invalid::new("limit", "must be between 1 and 500")),
     }
 }
 

@@ -105,7 +105,10 @@ fn check_values(field: &str, values: &str) -> Result<(), Invalid> {
 /// and layer types in apply order (os, kubernetes, network, storage, addon).
 pub fn check_layers(layers: &[Layer]) -> Result<(), Invalid> {
     if layers.is_empty() {
-        return Err(Invalid::new("layers", "a revision needs at least one layer"));
+        return Err(Invalid::new(
+            "layers",
+            "a revision needs at least one layer",
+        ));
     }
     if layers.len() > MAX_LAYERS {
         return Err(Invalid::new(
@@ -252,7 +255,10 @@ mod tests {
     #[test]
     fn names_the_layer_that_is_out_of_order() {
         let layers = vec![layer(LayerType::Network, ""), layer(LayerType::Os, "")];
-        assert_eq!(check_layers(&layers).map_err(|e| e.field), Err("layers[1].type".into()));
+        assert_eq!(
+            check_layers(&layers).map_err(|e| e.field),
+            Err("layers[1].type".into())
+        );
     }
 
     #[test]

@@ -71,7 +71,10 @@ pub fn check_text(field: &str, text: &str, max: usize) -> Result<(), Invalid> {
             format!("is longer than {max} characters"),
         ));
     }
-    if text.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+    if text
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t')
+    {
         return Err(Invalid::new(field, "contains control characters"));
     }
     Ok(())
@@ -97,7 +100,17 @@ mod tests {
 
     #[test]
     fn rejects_names_that_are_not_dns_labels() {
-        for name in ["", "-a", "a-", "A", "a_b", "a.b", "../x", &"a".repeat(64), "é"] {
+        for name in [
+            "",
+            "-a",
+            "a-",
+            "A",
+            "a_b",
+            "a.b",
+            "../x",
+            &"a".repeat(64),
+            "é",
+        ] {
             let err = check_name("name", name).expect_err(name);
             assert_eq!(err.field, "name");
         }

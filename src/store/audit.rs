@@ -165,7 +165,10 @@ fn verify(c: &Connection) -> Result<ChainReport> {
         if content_hash(&prev, r.seq, to_millis(r.at), &entry) != r.hash {
             return Ok(ChainReport {
                 entries,
-                problem: Some(format!("entry {} was edited: its hash does not match its content", r.seq)),
+                problem: Some(format!(
+                    "entry {} was edited: its hash does not match its content",
+                    r.seq
+                )),
             });
         }
         prev = r.hash;
@@ -239,11 +242,21 @@ impl Store {
             None => 100,
             Some(n) if (1..=1000).contains(&n) => n,
             Some(_) => {
-                return Err(crate::model::Invalid::new("limit", "must be between 1 and 1000").into())
+                return Err(
+                    crate::model::Invalid::new("limit", "must be between 1 and 1000").into(),
+                )
             }
         };
-        let since = f.since.as_deref().map(|s| parse_time("since", s)).transpose()?;
-        let until = f.until.as_deref().map(|s| parse_time("until", s)).transpose()?;
+        let since = f
+            .since
+            .as_deref()
+            .map(|s| parse_time("since", s))
+            .transpose()?;
+        let until = f
+            .until
+            .as_deref()
+            .map(|s| parse_time("until", s))
+            .transpose()?;
         self.read(move |c| {
             let mut sql = format!("{COLUMNS} WHERE seq > ?");
             let mut p: Vec<rusqlite::types::Value> = vec![f.after_seq.unwrap_or(0).into()];
@@ -304,7 +317,8 @@ mod tests {
 
     async fn store_with_entries(n: usize) -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().expect("tmp");
-        let store = Store::open(&dir.path().join("db"), SealingKey::from_bytes(&[1; 32])).expect("open");
+        let store =
+            Store::open(&dir.path().join("db"), SealingKey::from_bytes(&[1; 32])).expect("open");
         for i in 0..n {
             store.append_audit(entry(i)).await.expect("append");
         }
@@ -318,24 +332,51 @@ mod tests {
     #[tokio::test]
     async fn intact_chain_verifies() {
         let (_d, s) = store_with_entries(5).await;
-        assert_eq!(s.verify_audit().await.expect("verify"), ChainReport { entries: 5, problem: None });
+        assert_eq!(
+            s.verify_audit().await.expect("verify"),
+            ChainReport {
+                entries: 5,
+                problem: None
+            }
+        );
     }
 
     #[tokio::test]
     async fn detects_edited_entry() {
         let (d, s) = store_with_entries(5).await;
-        raw(&d).execute("UPDATE audit_log SET actor = 'mallory' WHERE seq = 3", []).expect("edit");
+        raw(&d)
+            .execute("UPDATE audit_log SET actor = 'mallory' WHERE seq = 3", [])
+            .expect("edit");
         let report = s.verify_audit().await.expect("verify");
-        assert!(report.problem.expect("problem").contains("entry 3 was edited"));
+        assert!(report
+            .problem
+            .expect("problem")
+            .contains("entry 3 was edited"));
     }
 
     #[tokio::test]
     async fn detects_deleted_middle_and_tail_entries() {
         let (d, s) = store_with_entries(5).await;
-        raw(&d).execute("DELETE FROM audit_log WHERE seq = 2", []).expect("delete");
-        assert!(s.verify_audit().await.expect("verify").problem.expect("p").contains("missing"));
+        raw(&d)
+            .execute("DELETE FROM audit_log WHERE seq = 2", [])
+            .expect("delete");
+        assert!(s
+            .verify_audit()
+            .await
+            .expect("verify")
+            .problem
+            .expect("p")
+            .contains("missing"));
         let (d, s) = store_with_entries(5).await;
-        raw(&d).execute("DELETE FROM audit_log WHERE seq = 5", []).expect("delete");
-        assert!(s.verify_audit().await.expect("verify").problem.expect("p").contains("deleted from the end"));
+        raw(&d)
+            .execute("DELETE FROM audit_log WHERE seq = 5", [])
+            .expect("delete");
+        assert!(s
+            .verify_audit()
+            .await
+            .expect("verify")
+            .problem
+            .expect("p")
+            .contains("deleted from the end"));
     }
 }

@@ -6,9 +6,7 @@ use time::Duration;
 
 use super::users::{insert_binding_tx, insert_user_tx, principal_of, UserRow};
 use super::{from_millis, to_millis, Error, Result, Store};
-use crate::model::{
-    new_id, now, ApiToken, NewRoleBinding, Principal, Role, Timestamp, User,
-};
+use crate::model::{new_id, now, ApiToken, NewRoleBinding, Principal, Role, Timestamp, User};
 use crate::secrets::{new_bearer_secret, secret_digest};
 
 /// Failed logins allowed before the account is locked.

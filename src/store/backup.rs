@@ -9,12 +9,13 @@ use super::{Error, Result};
 /// Copy the live database at `src` into a new file `dest` with SQLite's online backup API
 /// (consistent even while the appliance writes), then check the copy's integrity.
 pub fn backup_to(src: &Path, dest: &Path) -> Result<()> {
-    let source = Connection::open_with_flags(src, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(
-        |source| Error::Open {
-            path: src.to_path_buf(),
-            source,
-        },
-    )?;
+    let source =
+        Connection::open_with_flags(src, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(|source| {
+            Error::Open {
+                path: src.to_path_buf(),
+                source,
+            }
+        })?;
     source
         .execute_batch("PRAGMA busy_timeout = 10000;")
         .map_err(Error::sql("configure backup source"))?;
@@ -38,12 +39,13 @@ pub fn backup_to(src: &Path, dest: &Path) -> Result<()> {
 
 /// Check that `path` is a healthy palisade database this executable can open.
 pub fn restore_from(path: &Path) -> Result<i64> {
-    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(
-        |source| Error::Open {
-            path: path.to_path_buf(),
-            source,
-        },
-    )?;
+    let conn =
+        Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(|source| {
+            Error::Open {
+                path: path.to_path_buf(),
+                source,
+            }
+        })?;
     check_file(&conn)?;
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))

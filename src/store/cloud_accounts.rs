@@ -70,7 +70,9 @@ impl Store {
             c.query_row(&format!("{COLUMNS} WHERE id = ?"), [&id], row)
                 .optional()
                 .map_err(Error::sql("read cloud account"))?
-                .ok_or(Error::NotFound { kind: "cloud account" })
+                .ok_or(Error::NotFound {
+                    kind: "cloud account",
+                })
         })
         .await
     }
@@ -81,17 +83,26 @@ impl Store {
         let inner = self.inner.clone();
         self.read(move |c| {
             let sealed: Option<Option<Vec<u8>>> = c
-                .query_row("SELECT credentials FROM cloud_accounts WHERE id = ?", [&id], |r| r.get(0))
+                .query_row(
+                    "SELECT credentials FROM cloud_accounts WHERE id = ?",
+                    [&id],
+                    |r| r.get(0),
+                )
                 .optional()
                 .map_err(Error::sql("read credentials"))?;
-            let sealed = sealed.ok_or(Error::NotFound { kind: "cloud account" })?;
+            let sealed = sealed.ok_or(Error::NotFound {
+                kind: "cloud account",
+            })?;
             match sealed {
                 None => Ok(None),
                 Some(bytes) => {
-                    let plain = inner.key.open(&bytes).map_err(|e| Error::Seal(e.to_string()))?;
-                    serde_json::from_slice(&plain)
-                        .map(Some)
-                        .map_err(|e| Error::Corrupt(format!("credentials of cloud account {id}: {e}")))
+                    let plain = inner
+                        .key
+                        .open(&bytes)
+                        .map_err(|e| Error::Seal(e.to_string()))?;
+                    serde_json::from_slice(&plain).map(Some).map_err(|e| {
+                        Error::Corrupt(format!("credentials of cloud account {id}: {e}"))
+                    })
                 }
             }
         })
@@ -111,7 +122,8 @@ impl Store {
             let mut q = ListQuery::new();
             let (cond, params) = super::visibility_clause(&v);
             q.raw(cond, params);
-            q.eq("project_id", project_id.as_deref()).eq("kind", kind.as_deref());
+            q.eq("project_id", project_id.as_deref())
+                .eq("kind", kind.as_deref());
             q.page(c, COLUMNS, after.as_deref(), limit, row, |a| a.id.clone())
         })
         .await

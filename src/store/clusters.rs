@@ -70,9 +70,8 @@ fn check_references(
         )
         .optional()
         .map_err(Error::sql("read profile"))?;
-    let latest = latest.ok_or_else(|| {
-        Invalid::new("profile_id", "no such profile in this cluster's project")
-    })?;
+    let latest = latest
+        .ok_or_else(|| Invalid::new("profile_id", "no such profile in this cluster's project"))?;
     let revision = revision.unwrap_or(latest);
     if revision > latest {
         return Err(Invalid::new(
@@ -201,13 +200,23 @@ impl Store {
         self.write(move |tx, _| {
             bump_version(tx, "clusters", &id, expected)?;
             let (tenant, project, name): (String, String, String) = tx
-                .query_row("SELECT tenant_id, project_id, name FROM clusters WHERE id = ?", [&id], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                })
+                .query_row(
+                    "SELECT tenant_id, project_id, name FROM clusters WHERE id = ?",
+                    [&id],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
                 .map_err(Error::sql("read cluster"))?;
             tx.execute("DELETE FROM clusters WHERE id = ?", [&id])
                 .map_err(Error::sql("delete cluster"))?;
-            insert_event_tx(tx, "cluster", &id, Some(&tenant), Some(&project), Severity::Info, &format!("cluster {name} deleted"))?;
+            insert_event_tx(
+                tx,
+                "cluster",
+                &id,
+                Some(&tenant),
+                Some(&project),
+                Severity::Info,
+                &format!("cluster {name} deleted"),
+            )?;
             Ok(())
         })
         .await

@@ -33,7 +33,9 @@ pub enum Error {
     NotFound { kind: &'static str },
     #[error("{0}")]
     Conflict(String),
-    #[error("the object changed since it was read (now at version {current}): read it again and retry")]
+    #[error(
+        "the object changed since it was read (now at version {current}): read it again and retry"
+    )]
     VersionMismatch { current: i64 },
     #[error(transparent)]
     Invalid(#[from] Invalid),

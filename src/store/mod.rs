@@ -19,7 +19,7 @@ mod tenants;
 mod users;
 
 pub use audit::{AuditEntry, AuditFilter, AuditRecord, ChainReport};
-pub use auth::{LoginOutcome, SessionInfo};
+pub use auth::{LoginCandidate, LoginOutcome, SessionInfo, SESSION_TTL};
 pub use backup::{backup_to, restore_from};
 pub use clusters::ClusterFilter;
 pub use error::{Error, Result};
@@ -301,7 +301,8 @@ impl ListQuery {
     pub(crate) fn eq(&mut self, column: &str, value: Option<&str>) -> &mut Self {
         if let Some(v) = value {
             self.conditions.push(format!("{column} = ?"));
-            self.params.push(rusqlite::types::Value::Text(v.to_string()));
+            self.params
+                .push(rusqlite::types::Value::Text(v.to_string()));
         }
         self
     }
@@ -319,7 +320,8 @@ impl ListQuery {
     ) -> Result<crate::model::Page<T>> {
         if let Some(a) = after {
             self.conditions.push("id > ?".into());
-            self.params.push(rusqlite::types::Value::Text(a.to_string()));
+            self.params
+                .push(rusqlite::types::Value::Text(a.to_string()));
         }
         let where_ = if self.conditions.is_empty() {
             "1".to_string()

@@ -33,7 +33,9 @@ fn to_revision(
     (profile_id, revision, layers, created_by, created_at): (String, i64, String, String, i64),
 ) -> Result<ProfileRevision> {
     let layers: Vec<Layer> = serde_json::from_str(&layers).map_err(|e| {
-        Error::Corrupt(format!("layers of profile {profile_id} revision {revision}: {e}"))
+        Error::Corrupt(format!(
+            "layers of profile {profile_id} revision {revision}: {e}"
+        ))
     })?;
     Ok(ProfileRevision {
         profile_id,
@@ -121,7 +123,8 @@ impl Store {
             let mut q = ListQuery::new();
             let (cond, params) = super::visibility_clause(&v);
             q.raw(cond, params);
-            q.eq("project_id", project_id.as_deref()).eq("name", name.as_deref());
+            q.eq("project_id", project_id.as_deref())
+                .eq("name", name.as_deref());
             q.page(c, COLUMNS, after.as_deref(), limit, row, |p| p.id.clone())
         })
         .await
@@ -160,7 +163,11 @@ impl Store {
         self.write(move |tx, _| {
             let version = bump_version(tx, "profiles", &id, expected)?;
             let latest: i64 = tx
-                .query_row("SELECT latest_revision FROM profiles WHERE id = ?", [&id], |r| r.get(0))
+                .query_row(
+                    "SELECT latest_revision FROM profiles WHERE id = ?",
+                    [&id],
+                    |r| r.get(0),
+                )
                 .map_err(Error::sql("read latest revision"))?;
             let revision = insert_revision_tx(tx, &id, latest + 1, &layers, &created_by)?;
             tx.execute(
@@ -171,7 +178,15 @@ impl Store {
             let profile = tx
                 .query_row(&format!("{COLUMNS} WHERE id = ?"), [&id], row)
                 .map_err(Error::sql("read profile"))?;
-            insert_event_tx(tx, "profile", &id, Some(&profile.tenant_id), Some(&profile.project_id), Severity::Info, &format!("revision {} created", latest + 1))?;
+            insert_event_tx(
+                tx,
+                "profile",
+                &id,
+                Some(&profile.tenant_id),
+                Some(&profile.project_id),
+                Severity::Info,
+                &format!("revision {} created", latest + 1),
+            )?;
             Ok((profile, revision))
         })
         .await

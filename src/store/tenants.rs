@@ -89,9 +89,14 @@ impl Store {
                 q.raw(format!("id IN ({marks})"), v.tenants.clone());
             }
             q.eq("name", name.as_deref());
-            q.page(c, TENANT_COLUMNS, after.as_deref(), limit, tenant_row, |t| {
-                t.id.clone()
-            })
+            q.page(
+                c,
+                TENANT_COLUMNS,
+                after.as_deref(),
+                limit,
+                tenant_row,
+                |t| t.id.clone(),
+            )
         })
         .await
     }
@@ -172,10 +177,14 @@ impl Store {
     pub async fn project(&self, id: &str) -> Result<Project> {
         let id = id.to_string();
         self.read(move |c| {
-            c.query_row(&format!("{PROJECT_COLUMNS} WHERE id = ?"), [&id], project_row)
-                .optional()
-                .map_err(Error::sql("read project"))?
-                .ok_or(Error::NotFound { kind: "project" })
+            c.query_row(
+                &format!("{PROJECT_COLUMNS} WHERE id = ?"),
+                [&id],
+                project_row,
+            )
+            .optional()
+            .map_err(Error::sql("read project"))?
+            .ok_or(Error::NotFound { kind: "project" })
         })
         .await
     }
@@ -196,18 +205,33 @@ impl Store {
                 let mut parts = vec![];
                 let mut params = vec![];
                 if !v.tenants.is_empty() {
-                    parts.push(format!("tenant_id IN ({})", vec!["?"; v.tenants.len()].join(",")));
+                    parts.push(format!(
+                        "tenant_id IN ({})",
+                        vec!["?"; v.tenants.len()].join(",")
+                    ));
                     params.extend(v.tenants.iter().cloned());
                 }
                 if !v.projects.is_empty() {
                     parts.push(format!("id IN ({})", vec!["?"; v.projects.len()].join(",")));
                     params.extend(v.projects.iter().cloned());
                 }
-                let cond = if parts.is_empty() { "0".to_string() } else { format!("({})", parts.join(" OR ")) };
+                let cond = if parts.is_empty() {
+                    "0".to_string()
+                } else {
+                    format!("({})", parts.join(" OR "))
+                };
                 q.raw(cond, params);
             }
-            q.eq("tenant_id", tenant_id.as_deref()).eq("name", name.as_deref());
-            q.page(c, PROJECT_COLUMNS, after.as_deref(), limit, project_row, |p| p.id.clone())
+            q.eq("tenant_id", tenant_id.as_deref())
+                .eq("name", name.as_deref());
+            q.page(
+                c,
+                PROJECT_COLUMNS,
+                after.as_deref(),
+                limit,
+                project_row,
+                |p| p.id.clone(),
+            )
         })
         .await
     }
@@ -227,8 +251,12 @@ impl Store {
                 params![update.description, version, to_millis(now()), id],
             )
             .map_err(Error::sql("update project"))?;
-            tx.query_row(&format!("{PROJECT_COLUMNS} WHERE id = ?"), [&id], project_row)
-                .map_err(Error::sql("read project"))
+            tx.query_row(
+                &format!("{PROJECT_COLUMNS} WHERE id = ?"),
+                [&id],
+                project_row,
+            )
+            .map_err(Error::sql("read project"))
         })
         .await
     }

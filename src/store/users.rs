@@ -221,10 +221,14 @@ impl Store {
     pub async fn user_by_name(&self, username: &str) -> Result<User> {
         let name = username.to_string();
         self.read(move |c| {
-            c.query_row(&format!("{USER_COLUMNS} WHERE username = ?"), [&name], user_row)
-                .optional()
-                .map_err(Error::sql("read user"))?
-                .ok_or(Error::NotFound { kind: "user" })
+            c.query_row(
+                &format!("{USER_COLUMNS} WHERE username = ?"),
+                [&name],
+                user_row,
+            )
+            .optional()
+            .map_err(Error::sql("read user"))?
+            .ok_or(Error::NotFound { kind: "user" })
         })
         .await
     }
@@ -247,7 +251,9 @@ impl Store {
                 q.raw(format!("(tenant_id IN ({marks}) OR id = ?)"), params);
             }
             q.eq("tenant_id", tenant_id.as_deref());
-            q.page(c, USER_COLUMNS, after.as_deref(), limit, user_row, |u| u.id.clone())
+            q.page(c, USER_COLUMNS, after.as_deref(), limit, user_row, |u| {
+                u.id.clone()
+            })
         })
         .await
     }
@@ -288,7 +294,9 @@ impl Store {
         let name = username.to_string();
         self.write(move |tx, _| {
             let id: String = tx
-                .query_row("SELECT id FROM users WHERE username = ?", [&name], |r| r.get(0))
+                .query_row("SELECT id FROM users WHERE username = ?", [&name], |r| {
+                    r.get(0)
+                })
                 .optional()
                 .map_err(Error::sql("find user"))?
                 .ok_or(Error::NotFound { kind: "user" })?;
@@ -326,10 +334,16 @@ impl Store {
     pub async fn binding(&self, id: &str) -> Result<RoleBinding> {
         let id = id.to_string();
         self.read(move |c| {
-            c.query_row(&format!("{BINDING_COLUMNS} WHERE id = ?"), [&id], binding_row)
-                .optional()
-                .map_err(Error::sql("read binding"))?
-                .ok_or(Error::NotFound { kind: "role binding" })
+            c.query_row(
+                &format!("{BINDING_COLUMNS} WHERE id = ?"),
+                [&id],
+                binding_row,
+            )
+            .optional()
+            .map_err(Error::sql("read binding"))?
+            .ok_or(Error::NotFound {
+                kind: "role binding",
+            })
         })
         .await
     }
@@ -367,6 +381,25 @@ impl Store {
     pub async fn delete_binding(&self, id: &str) -> Result<()> {
         let id = id.to_string();
         self.write(move |tx, _| {
+            let role: Option<String> = tx
+                .query_row("SELECT role FROM role_bindings WHERE id = ?", [&id], |r| r.get(0))
+                .optional()
+                .map_err(Error::sql("read binding"))?;
+            if role.as_deref() == Some(Role::SystemAdmin.as_str()) {
+                let admins: i64 = tx
+                    .query_row(
+                        "SELECT count(*) FROM role_bindings b JOIN users u ON u.id = b.user_id
+                         WHERE b.role = 'system-admin' AND u.disabled = 0",
+                        [],
+                        |r| r.get(0),
+                    )
+                    .map_err(Error::sql("count system admins"))?;
+                if admins <= 1 {
+                    return Err(Error::Conflict(
+                        "this is the last system admin binding: grant system-admin to another user first".into(),
+                    ));
+                }
+            }
             let n = tx
                 .execute("DELETE FROM role_bindings WHERE id = ?", [&id])
                 .map_err(Error::sql("delete binding"))?;

@@ -1,0 +1,85 @@
+//! The pack catalogue (read-only: bundle import fills it) and object events.
+
+use axum::extract::{Path, State};
+use axum::Json;
+use serde::Deserialize;
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::error::{ApiError, Problem};
+use super::extract::{ApiQuery, Auth};
+use super::AppState;
+use crate::model::{page_limit, Event, Pack, Page};
+
+/// Routes of this module.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_packs))
+        .routes(routes!(get_pack))
+        .routes(routes!(list_events))
+}
+
+/// Query of `GET /v1/packs`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PackQuery {
+    pub name: Option<String>,
+    /// `os`, `kubernetes`, `network`, `storage` or `addon`.
+    pub layer_type: Option<String>,
+    pub limit: Option<u32>,
+    pub after: Option<String>,
+}
+
+/// Query of `GET /v1/events`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct EventQuery {
+    /// Only events of this object.
+    pub object_id: Option<String>,
+    pub limit: Option<u32>,
+    pub after: Option<String>,
+}
+
+/// List packs in the local repository (every authenticated user).
+#[utoipa::path(get, path = "/v1/packs", tag = "catalog", params(PackQuery),
+    responses((status = 200, body = Page<Pack>), (status = 401, body = Problem)))]
+async fn list_packs(
+    State(app): State<AppState>,
+    _auth: Auth,
+    ApiQuery(q): ApiQuery<PackQuery>,
+) -> Result<Json<Page<Pack>>, ApiError> {
+    let limit = page_limit(q.limit)?;
+    Ok(Json(
+        app.store
+            .list_packs(q.name, q.layer_type, q.after, limit)
+            .await?,
+    ))
+}
+
+/// Read a pack.
+#[utoipa::path(get, path = "/v1/packs/{id}", tag = "catalog", params(("id" = String, Path)),
+    responses((status = 200, body = Pack), (status = 404, body = Problem)))]
+async fn get_pack(
+    State(app): State<AppState>,
+    _auth: Auth,
+    Path(id): Path<String>,
+) -> Result<Json<Pack>, ApiError> {
+    Ok(Json(app.store.pack(&id).await?))
+}
+
+/// List events of objects the caller can see, oldest first.
+#[utoipa::path(get, path = "/v1/events", tag = "catalog", params(EventQuery),
+    responses((status = 200, body = Page<Event>), (status = 401, body = Problem)))]
+async fn list_events(
+    State(app): State<AppState>,
+    Auth(p): Auth,
+    ApiQuery(q): ApiQuery<EventQuery>,
+) -> Result<Json<Page<Event>>, ApiError> {
+    let limit = page_limit(q.limit)?;
+    Ok(Json(
+        app.store
+            .list_events(p.project_visibility(), q.object_id, q.after, limit)
+            .await?,
+    ))
+}

@@ -1,0 +1,127 @@
+//! Clusters. Users write the spec (profile revision, cloud account, node pools, drift policy);
+//! status and conditions are the orchestrator's and read-only here.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::Deserialize;
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::error::{ApiError, Problem};
+use super::extract::{ApiJson, ApiQuery, Auth, Created, IfMatch, Tagged};
+use super::tenancy::{editable, editable_project, readable};
+use super::AppState;
+use crate::model::{page_limit, Cluster, NewCluster, Page, Principal, UpdateCluster};
+use crate::store::ClusterFilter;
+
+/// Routes of this module.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_clusters, create_cluster))
+        .routes(routes!(get_cluster, update_cluster, delete_cluster))
+}
+
+/// Query of `GET /v1/clusters`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ClusterQuery {
+    pub project_id: Option<String>,
+    pub name: Option<String>,
+    /// `Pending`, `Provisioning`, `Running`, `Updating`, `Deleting` or `Failed`.
+    pub status: Option<String>,
+    pub profile_id: Option<String>,
+    pub cloud_account_id: Option<String>,
+    pub limit: Option<u32>,
+    pub after: Option<String>,
+}
+
+/// Create a cluster in a project the caller edits.
+pub async fn add_cluster(
+    app: &AppState,
+    p: &Principal,
+    new: NewCluster,
+) -> Result<Cluster, ApiError> {
+    new.validate()?;
+    let project = editable_project(app, p, &new.project_id).await?;
+    Ok(app.store.insert_cluster(project.tenant_id, new).await?)
+}
+
+/// List clusters the caller can see.
+#[utoipa::path(get, path = "/v1/clusters", tag = "clusters", params(ClusterQuery),
+    responses((status = 200, body = Page<Cluster>), (status = 401, body = Problem)))]
+async fn list_clusters(
+    State(app): State<AppState>,
+    Auth(p): Auth,
+    ApiQuery(q): ApiQuery<ClusterQuery>,
+) -> Result<Json<Page<Cluster>>, ApiError> {
+    let limit = page_limit(q.limit)?;
+    let filter = ClusterFilter {
+        project_id: q.project_id,
+        name: q.name,
+        status: q.status,
+        profile_id: q.profile_id,
+        cloud_account_id: q.cloud_account_id,
+    };
+    Ok(Json(
+        app.store
+            .list_clusters(p.project_visibility(), filter, q.after, limit)
+            .await?,
+    ))
+}
+
+/// Create a cluster (status Pending until the orchestrator takes it).
+#[utoipa::path(post, path = "/v1/clusters", tag = "clusters", request_body = NewCluster,
+    responses((status = 201, body = Cluster), (status = 400, body = Problem), (status = 403, body = Problem), (status = 409, body = Problem)))]
+async fn create_cluster(
+    State(app): State<AppState>,
+    Auth(p): Auth,
+    ApiJson(new): ApiJson<NewCluster>,
+) -> Result<Created<Cluster>, ApiError> {
+    let c = add_cluster(&app, &p, new).await?;
+    Ok(Created(c.version, c))
+}
+
+/// Read a cluster: spec, status and conditions.
+#[utoipa::path(get, path = "/v1/clusters/{id}", tag = "clusters", params(("id" = String, Path)),
+    responses((status = 200, body = Cluster, headers(("etag" = String))), (status = 404, body = Problem)))]
+async fn get_cluster(
+    State(app): State<AppState>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+) -> Result<Tagged<Cluster>, ApiError> {
+    let c = readable(&p, app.store.cluster(&id).await, "cluster")?;
+    Ok(Tagged(c.version, c))
+}
+
+/// Change a cluster's spec.
+#[utoipa::path(put, path = "/v1/clusters/{id}", tag = "clusters", params(("id" = String, Path), ("If-Match" = Option<String>, Header)),
+    request_body = UpdateCluster,
+    responses((status = 200, body = Cluster), (status = 400, body = Problem), (status = 403, body = Problem), (status = 404, body = Problem), (status = 412, body = Problem)))]
+async fn update_cluster(
+    State(app): State<AppState>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+    IfMatch(v): IfMatch,
+    ApiJson(u): ApiJson<UpdateCluster>,
+) -> Result<Tagged<Cluster>, ApiError> {
+    editable(&p, app.store.cluster(&id).await, "cluster")?;
+    u.validate()?;
+    let c = app.store.update_cluster(&id, v, u).await?;
+    Ok(Tagged(c.version, c))
+}
+
+/// Delete a cluster.
+#[utoipa::path(delete, path = "/v1/clusters/{id}", tag = "clusters", params(("id" = String, Path), ("If-Match" = Option<String>, Header)),
+    responses((status = 204), (status = 403, body = Problem), (status = 404, body = Problem), (status = 412, body = Problem)))]
+async fn delete_cluster(
+    State(app): State<AppState>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+    IfMatch(v): IfMatch,
+) -> Result<StatusCode, ApiError> {
+    editable(&p, app.store.cluster(&id).await, "cluster")?;
+    app.store.delete_cluster(&id, v).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,257 @@
+//! Request pipeline, outermost first: request id and metrics, authentication (with CSRF for
+//! console sessions), audit of every mutating request.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::http::{header, HeaderValue, Method};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::error::{problem_response, ApiError, ProblemBody};
+use super::extract::{AuthContext, SessionAuth};
+use super::AppState;
+use crate::model::Principal;
+use crate::store::{AuditEntry, Store};
+
+/// Name of the console session cookie.
+pub const SESSION_COOKIE: &str = "palisade_session";
+/// Header carrying the CSRF token on API calls made with a session cookie.
+pub const CSRF_HEADER: &str = "x-csrf-token";
+
+/// The id of one request, in request extensions and the `x-request-id` response header.
+#[derive(Clone, Debug)]
+pub struct RequestId(pub String);
+
+/// Set by handlers that know better who acted than the authentication did (login attempts).
+#[derive(Clone, Debug)]
+pub struct AuditActor(pub String);
+
+/// Set by handlers to name the object a mutation created (its id).
+#[derive(Clone, Debug)]
+pub struct AuditObject(pub String);
+
+/// How long a token's principal is reused before it is read again.
+const TOKEN_CACHE_TTL: Duration = Duration::from_secs(5);
+const TOKEN_CACHE_MAX: usize = 10_000;
+
+/// Principals of recently used API tokens, so that automation does not read the database
+/// for every request. Any successful mutation clears it, so a revoked token, a removed
+/// binding or a disabled user takes effect at once.
+#[derive(Default)]
+pub struct TokenCache {
+    entries: Mutex<HashMap<Vec<u8>, (Principal, Instant)>>,
+}
+
+impl TokenCache {
+    async fn principal(&self, store: &Store, secret: &str) -> Result<Option<Principal>, ApiError> {
+        let digest = crate::secrets::secret_digest(secret);
+        if let Ok(entries) = self.entries.lock() {
+            if let Some((p, at)) = entries.get(&digest) {
+                if at.elapsed() < TOKEN_CACHE_TTL {
+                    return Ok(Some(p.clone()));
+                }
+            }
+        }
+        let principal = store.token_principal(secret).await?;
+        if let Some(p) = &principal {
+            if let Ok(mut entries) = self.entries.lock() {
+                if entries.len() >= TOKEN_CACHE_MAX {
+                    entries.clear();
+                }
+                entries.insert(digest, (p.clone(), Instant::now()));
+            }
+            if let Some(id) = &p.token_id {
+                // Recorded at most once per cache period per token.
+                store.touch_token(id).await?;
+            }
+        }
+        Ok(principal)
+    }
+
+    /// Forget every cached principal.
+    pub fn clear(&self) {
+        if let Ok(mut entries) = self.entries.lock() {
+            entries.clear();
+        }
+    }
+}
+
+/// The value of cookie `name` in the request, if any.
+pub fn cookie<'a>(req_headers: &'a axum::http::HeaderMap, name: &str) -> Option<&'a str> {
+    req_headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            let (k, v) = pair.trim().split_once('=')?;
+            (k == name).then_some(v)
+        })
+}
+
+fn is_safe(method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+}
+
+fn route_of(req: &Request) -> String {
+    req.extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into())
+}
+
+/// Outermost layer: give the request an id, time it, count it, and put the id into problems.
+pub async fn request_id_and_metrics(
+    State(app): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let method = req.method().to_string();
+    let route = route_of(&req);
+    let started = Instant::now();
+    let mut res = next.run(req).await;
+    let status = res.status().as_u16();
+    app.metrics
+        .observe(&method, &route, status, started.elapsed().as_secs_f64());
+    if let Some(ProblemBody(mut problem)) = res.extensions_mut().remove::<ProblemBody>() {
+        problem.request_id = Some(id.clone());
+        let headers = res.headers().clone();
+        res = problem_response(problem);
+        for (k, v) in headers.iter() {
+            if k != header::CONTENT_LENGTH {
+                res.headers_mut().insert(k.clone(), v.clone());
+            }
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        res.headers_mut().insert("x-request-id", v);
+    }
+    res
+}
+
+/// Resolve credentials (bearer token, else session cookie) into an `AuthContext`. A bearer token
+/// that is wrong, expired or revoked is refused outright; a stale cookie just counts as none.
+/// API calls made with a session cookie must carry the session's CSRF token in `X-CSRF-Token`.
+pub async fn authenticate(State(app): State<AppState>, mut req: Request, next: Next) -> Response {
+    let bearer = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|s| s.trim().to_string());
+    let ctx = if let Some(secret) = bearer {
+        match app.tokens.principal(&app.store, &secret).await {
+            Ok(Some(principal)) => Some(AuthContext {
+                principal,
+                session: None,
+            }),
+            Ok(None) => {
+                return ApiError::Unauthenticated.into_response();
+            }
+            Err(e) => return e.into_response(),
+        }
+    } else if let Some(secret) = cookie(req.headers(), SESSION_COOKIE).map(str::to_string) {
+        match app.store.session(&secret).await {
+            Ok(Some(s)) => Some(AuthContext {
+                principal: s.principal,
+                session: Some(SessionAuth {
+                    secret,
+                    csrf_token: s.csrf_token,
+                }),
+            }),
+            Ok(None) => None,
+            Err(e) => return ApiError::from(e).into_response(),
+        }
+    } else {
+        None
+    };
+    if let Some(AuthContext {
+        session: Some(s), ..
+    }) = &ctx
+    {
+        let api = req.uri().path().starts_with("/v1/");
+        if api && !is_safe(req.method()) {
+            let sent = req
+                .headers()
+                .get(CSRF_HEADER)
+                .map(|v| v.as_bytes())
+                .unwrap_or_default();
+            if !crate::secrets::constant_time_eq(sent, s.csrf_token.as_bytes()) {
+                return ApiError::Forbidden(
+                    "missing or wrong CSRF token: send the csrf_token from the login answer in the X-CSRF-Token header".into(),
+                )
+                .into_response();
+            }
+        }
+    }
+    if let Some(ctx) = ctx {
+        req.extensions_mut().insert(ctx);
+    }
+    next.run(req).await
+}
+
+/// Record every mutating request (and so every login attempt) in the audit chain: who, what,
+/// on which object, from where, when, and with what outcome. Bodies are never recorded, so
+/// no secret reaches the log.
+pub async fn audit(State(app): State<AppState>, req: Request, next: Next) -> Response {
+    if is_safe(req.method()) {
+        return next.run(req).await;
+    }
+    let actor = req
+        .extensions()
+        .get::<AuthContext>()
+        .map(|c| c.principal.username.clone())
+        .unwrap_or_else(|| "anonymous".into());
+    let action = format!("{} {}", req.method(), route_of(&req));
+    let path = req.uri().path().to_string();
+    let source = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let request_id = req
+        .extensions()
+        .get::<RequestId>()
+        .map(|r| r.0.clone())
+        .unwrap_or_default();
+    let res = next.run(req).await;
+    let status = res.status();
+    let outcome = if status.is_success() || status.is_redirection() {
+        "success"
+    } else if matches!(status.as_u16(), 401 | 403 | 404 | 429) {
+        "denied"
+    } else {
+        "failure"
+    };
+    let actor = res
+        .extensions()
+        .get::<AuditActor>()
+        .map(|a| a.0.clone())
+        .unwrap_or(actor);
+    let object = match res.extensions().get::<AuditObject>() {
+        Some(o) => format!("{path} -> {}", o.0),
+        None => path,
+    };
+    let entry = AuditEntry {
+        actor,
+        action,
+        object,
+        source,
+        outcome: format!("{outcome} {}", status.as_u16()),
+        request_id,
+    };
+    if let Err(e) = app.store.append_audit(entry).await {
+        tracing::error!(error = %e, "cannot append to the audit log");
+        return ApiError::internal(e).into_response();
+    }
+    if status.is_success() || status.is_redirection() {
+        app.tokens.clear();
+    }
+    res
+}

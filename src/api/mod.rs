@@ -1,0 +1,119 @@
+//! The REST API under `/v1`, plus `/healthz`, `/readyz` and `/metrics`.
+//!
+//! Handlers are thin: authenticate (the `Auth` extractor), authorise and validate (the
+//! resource's `ops` functions, which the console calls too), one store call, render. Every
+//! route is registered through `utoipa_axum::routes!`, so the OpenAPI document served at
+//! `/v1/openapi.json` lists exactly the routes the router serves.
+
+pub mod error;
+pub mod extract;
+pub mod metrics;
+pub mod middleware;
+
+pub mod audit;
+pub mod catalog;
+pub mod cloud_accounts;
+pub mod clusters;
+pub mod identity;
+pub mod profiles;
+pub mod session;
+pub mod system;
+pub mod tenancy;
+
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::Router;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::app::App;
+
+/// Shared state of every handler.
+pub type AppState = Arc<App>;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Palisade API",
+        description = "Self-hosted Kubernetes management plane. Authenticate with a session cookie \
+                       from POST /v1/login (plus X-CSRF-Token on changes) or an API token \
+                       (Authorization: Bearer). Errors are application/problem+json.",
+        license(name = "Apache-2.0")
+    ),
+    components(schemas(error::Problem)),
+    modifiers(&SecuritySchemes),
+    security(("bearer" = []), ("session" = [])),
+    tags(
+        (name = "system", description = "Health, readiness, metrics and versions"),
+        (name = "session", description = "Setup, login, logout, own account"),
+        (name = "tenancy", description = "Tenants and projects"),
+        (name = "identity", description = "Users, role bindings and API tokens"),
+        (name = "cloud-accounts", description = "Infrastructure accounts (credentials write-only)"),
+        (name = "profiles", description = "Cluster profiles and their immutable revisions"),
+        (name = "clusters", description = "Clusters: spec and observed status"),
+        (name = "catalog", description = "Packs and events"),
+        (name = "audit", description = "Tamper-evident audit log"),
+    )
+)]
+struct ApiDoc;
+
+struct SecuritySchemes;
+
+impl utoipa::Modify for SecuritySchemes {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{
+            ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme,
+        };
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        components.add_security_scheme(
+            "session",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::new(middleware::SESSION_COOKIE))),
+        );
+    }
+}
+
+/// Every API route, with its OpenAPI description.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(system::routes())
+        .merge(session::routes())
+        .merge(tenancy::routes())
+        .merge(identity::routes())
+        .merge(cloud_accounts::routes())
+        .merge(profiles::routes())
+        .merge(clusters::routes())
+        .merge(catalog::routes())
+        .merge(audit::routes())
+}
+
+/// The OpenAPI document of the API.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes().split_for_parts().1
+}
+
+/// The whole HTTP application: API, console, and the middleware every request passes.
+pub fn router(app: AppState) -> Router {
+    let (api, _) = routes().split_for_parts();
+    let max_body = app.config.max_body_bytes;
+    api.merge(crate::console::router())
+        .fallback(system::no_route)
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            middleware::audit,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            middleware::authenticate,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            middleware::request_id_and_metrics,
+        ))
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(app)
+}

@@ -1,0 +1,204 @@
+//! The composition root: builds the data directory, keys, store, PKI and HTTP server for
+//! `palisade serve`, and hands them down as one `App`. Nothing else constructs these.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use axum_server::tls_rustls::RustlsConfig;
+
+use crate::api::metrics::Metrics;
+use crate::api::middleware::TokenCache;
+use crate::config::ServeConfig;
+use crate::datadir::{DataDir, DirLock};
+use crate::pki::{self, Pki};
+use crate::secrets::SealingKey;
+use crate::store::Store;
+
+/// Failures starting the appliance, each naming the step.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    DataDir(#[from] crate::datadir::Error),
+    #[error(transparent)]
+    Secrets(#[from] crate::secrets::Error),
+    #[error(transparent)]
+    Store(#[from] crate::store::Error),
+    #[error(transparent)]
+    Pki(#[from] crate::pki::Error),
+    #[error("cannot listen on {addr}: {source} (is another service using the port? choose another with --listen)")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the HTTPS server stopped: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+/// Everything a request handler or reconciler needs; one per running appliance.
+pub struct App {
+    pub config: ServeConfig,
+    pub store: Store,
+    pub ca_fingerprint: String,
+    pub ca_pem: String,
+    pub metrics: Metrics,
+    pub tokens: TokenCache,
+    pub console: crate::console::Console,
+    pub started: Instant,
+    /// The OpenAPI document, rendered on first request.
+    pub openapi: OnceLock<String>,
+}
+
+/// What `serve` prints once it is ready.
+pub struct Ready {
+    pub listen: SocketAddr,
+    pub console_url: String,
+    pub ca_fingerprint: String,
+    /// Present while no account exists: opens the setup page.
+    pub setup_token: Option<String>,
+}
+
+/// A started appliance: wait on it with `serve_until`.
+pub struct Appliance {
+    app: Arc<App>,
+    listener: std::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    redirect: Option<std::net::TcpListener>,
+    _lock: DirLock,
+    pub ready: Ready,
+}
+
+fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, Error> {
+    let l = std::net::TcpListener::bind(addr).map_err(|source| Error::Bind { addr, source })?;
+    l.set_nonblocking(true)
+        .map_err(|source| Error::Bind { addr, source })?;
+    Ok(l)
+}
+
+/// Prepare the appliance: data directory (locked), keys, migrated store, certificates,
+/// listening sockets, and a setup token on first start.
+pub async fn start(config: ServeConfig) -> Result<Appliance, Error> {
+    let dir = DataDir::create(&config.data_dir)?;
+    let lock = dir.lock()?;
+    let key = SealingKey::load_or_create(&dir.sealing_key_path())?;
+    let db_path = dir.db_path();
+    let store = tokio::task::spawn_blocking(move || Store::open(&db_path, key))
+        .await
+        .map_err(|_| Error::Store(crate::store::Error::Poisoned))??;
+    let pki = Pki::load_or_create(&dir.pki_dir())?;
+    let identity = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => pki::load_identity(cert, key)?,
+        _ => pki.issue_server_identity(&pki::local_names(&config.extra_names))?,
+    };
+    let tls = pki::server_config(identity)?;
+    let listener = bind(config.listen)?;
+    let listen = listener.local_addr().map_err(|source| Error::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let redirect = config.http_redirect.map(bind).transpose()?;
+    let setup_token = store.new_setup_token().await?;
+    let host = config.public_host.clone().unwrap_or_else(|| {
+        if listen.ip().is_unspecified() {
+            pki::local_names(&[])
+                .into_iter()
+                .find(|n| n != "localhost" && n.parse::<std::net::IpAddr>().is_err())
+                .unwrap_or_else(|| "localhost".into())
+        } else {
+            listen.ip().to_string()
+        }
+    });
+    let host = if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host
+    };
+    let console_url = format!("https://{host}:{}/", listen.port());
+    let app = Arc::new(App {
+        ca_fingerprint: pki.ca_fingerprint(),
+        ca_pem: pki.ca_pem().to_string(),
+        config,
+        store,
+        metrics: Metrics::default(),
+        tokens: TokenCache::default(),
+        console: crate::console::Console::default(),
+        started: Instant::now(),
+        openapi: OnceLock::new(),
+    });
+    Ok(Appliance {
+        ready: Ready {
+            listen,
+            console_url,
+            ca_fingerprint: app.ca_fingerprint.clone(),
+            setup_token,
+        },
+        app,
+        listener,
+        tls,
+        redirect,
+        _lock: lock,
+    })
+}
+
+impl Appliance {
+    /// Serve HTTPS (and the optional HTTP redirect) until `shutdown` completes, then drain
+    /// in-flight requests for up to 10 seconds.
+    pub async fn serve_until(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(), Error> {
+        let handle = axum_server::Handle::new();
+        let router = crate::api::router(self.app.clone());
+        if let Some(redirect) = self.redirect {
+            let port = self.ready.listen.port();
+            let redirect_handle = handle.clone();
+            tokio::spawn(async move {
+                let router =
+                    axum::Router::new().fallback(move |req: axum::extract::Request| async move {
+                        redirect_to_https(&req, port)
+                    });
+                if let Err(e) = axum_server::from_tcp(redirect)
+                    .handle(redirect_handle)
+                    .serve(router.into_make_service())
+                    .await
+                {
+                    tracing::error!(error = %e, "HTTP redirect listener stopped");
+                }
+            });
+        }
+        let stopper = handle.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            tracing::info!("shutting down: finishing requests in flight");
+            stopper.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
+        });
+        axum_server::from_tcp_rustls(self.listener, RustlsConfig::from_config(self.tls))
+            .handle(handle)
+            .serve(router.into_make_service_with_connect_info::<SocketAddr>())
+            .await
+            .map_err(Error::Serve)
+    }
+}
+
+/// Answer a plain-HTTP request with a permanent redirect to the same path over HTTPS.
+fn redirect_to_https(req: &axum::extract::Request, port: u16) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let host = req
+        .headers()
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(|h| h.rsplit_once(':').map(|(h, _)| h).unwrap_or(h).to_string())
+        .unwrap_or_else(|| "localhost".into());
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let location = format!("https://{host}:{port}{path}");
+    (
+        axum::http::StatusCode::PERMANENT_REDIRECT,
+        [(axum::http::header::LOCATION, location)],
+    )
+        .into_response()
+}

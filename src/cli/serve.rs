@@ -1,0 +1,63 @@
+//! `palisade serve`: start the appliance, print where to reach it, run until SIGINT/SIGTERM.
+
+use std::io::Write;
+
+use crate::config::{LogFormat, ServeConfig};
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PALISADE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {},
+                    _ = term.recv() => {},
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+pub(super) async fn run(config: ServeConfig) -> anyhow::Result<i32> {
+    init_logging(config.log_format);
+    let data_dir = config.data_dir.clone();
+    let appliance = crate::app::start(config).await?;
+    let r = &appliance.ready;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "Palisade {} is ready.", crate::VERSION)?;
+    writeln!(out, "  Console:        {}", r.console_url)?;
+    writeln!(out, "  Listening on:   {}", r.listen)?;
+    writeln!(out, "  CA fingerprint: SHA256 {}", r.ca_fingerprint)?;
+    writeln!(out, "  Data directory: {}", data_dir.display())?;
+    if let Some(token) = &r.setup_token {
+        writeln!(out, "  Setup token:    {token}")?;
+        writeln!(
+            out,
+            "  First start: open {}setup?token={token} to create the first system admin (one-time).",
+            r.console_url
+        )?;
+    }
+    out.flush()?;
+    drop(out);
+    tracing::info!(listen = %r.listen, "serving");
+    appliance.serve_until(shutdown_signal()).await?;
+    Ok(0)
+}
