@@ -16,29 +16,24 @@ fn init_logging(format: LogFormat) {
     };
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {},
-                    _ = term.recv() => {},
-                }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
+/// Resolve on SIGINT or SIGTERM. The handlers are installed now, before the banner is
+/// printed, so a signal sent as soon as the appliance says it is ready is never lost.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
         }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+    })
 }
 
 pub(super) async fn run(config: ServeConfig) -> anyhow::Result<i32> {
     init_logging(config.log_format);
     let data_dir = config.data_dir.clone();
+    let shutdown = shutdown_signal()?;
     let appliance = crate::app::start(config).await?;
     let r = &appliance.ready;
     let mut out = std::io::stdout().lock();
@@ -46,7 +41,6 @@ pub(super) async fn run(config: ServeConfig) -> anyhow::Result<i32> {
     writeln!(out, "  Console:        {}", r.console_url)?;
     writeln!(out, "  Listening on:   {}", r.listen)?;
     writeln!(out, "  CA fingerprint: SHA256 {}", r.ca_fingerprint)?;
-    writeln!(out, "  Data directory: {}", data_dir.display())?;
     if let Some(token) = &r.setup_token {
         writeln!(out, "  Setup token:    {token}")?;
         writeln!(
@@ -55,9 +49,10 @@ pub(super) async fn run(config: ServeConfig) -> anyhow::Result<i32> {
             r.console_url
         )?;
     }
+    writeln!(out, "  Data directory: {}", data_dir.display())?;
     out.flush()?;
     drop(out);
     tracing::info!(listen = %r.listen, "serving");
-    appliance.serve_until(shutdown_signal()).await?;
+    appliance.serve_until(shutdown).await?;
     Ok(0)
 }

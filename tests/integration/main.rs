@@ -1,0 +1,9 @@
+//! Integration tests: the real `palisade` executable on loopback, real HTTPS clients.
+
+mod support;
+
+mod admin_cli;
+mod api_errors;
+mod auth;
+mod durability;
+mod openapi;
