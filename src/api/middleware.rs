@@ -117,8 +117,9 @@ pub async fn request_id_and_metrics(
     let started = Instant::now();
     let mut res = next.run(req).await;
     let status = res.status().as_u16();
-    app.metrics
-        .observe(&method, &route, status, started.elapsed().as_secs_f64());
+    let seconds = started.elapsed().as_secs_f64();
+    app.metrics.observe(&method, &route, status, seconds);
+    tracing::debug!(request_id = %id, %method, %route, status, ms = seconds * 1000.0, "request");
     if let Some(ProblemBody(mut problem)) = res.extensions_mut().remove::<ProblemBody>() {
         problem.request_id = Some(id.clone());
         let headers = res.headers().clone();

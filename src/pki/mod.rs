@@ -71,14 +71,6 @@ fn read(path: &Path) -> Result<String> {
     })
 }
 
-fn write_public(path: &Path, data: &str) -> Result<()> {
-    std::fs::write(path, data).map_err(|source| Error::File {
-        op: "write",
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
 impl Pki {
     /// Load the CA from `dir`, generating it on first boot.
     pub fn load_or_create(dir: &Path) -> Result<Pki> {
@@ -97,7 +89,12 @@ impl Pki {
                 path: key_path.clone(),
                 source,
             })?;
-            write_public(&cert_path, &cert_pem)?;
+            // The certificate is public, but the CA's files are kept together at mode 0600.
+            write_private_file(&cert_path, cert_pem.as_bytes()).map_err(|source| Error::File {
+                op: "write",
+                path: cert_path.clone(),
+                source,
+            })?;
             tracing::info!(path = %cert_path.display(), "generated the internal certificate authority");
         }
         let cert_pem = read(&cert_path)?;
