@@ -293,6 +293,22 @@ impl Store {
         .await
     }
 
+    /// The newest `n` entries, newest first (for the console).
+    pub async fn recent_audit(&self, n: u32) -> Result<Vec<AuditRecord>> {
+        self.read(move |c| {
+            let mut stmt = c
+                .prepare_cached(&format!("{COLUMNS} ORDER BY seq DESC LIMIT ?"))
+                .map_err(Error::sql("list audit"))?;
+            let rows = stmt
+                .query_map([n], record_row)
+                .map_err(Error::sql("list audit"))?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(Error::sql("list audit"))?;
+            Ok(rows)
+        })
+        .await
+    }
+
     /// Verify the audit chain from the first entry to the head.
     pub async fn verify_audit(&self) -> Result<ChainReport> {
         self.read(verify).await

@@ -16,7 +16,9 @@ async fn malformed_bodies_are_problems_and_write_nothing() {
     let app = TestApp::start();
     let admin = app.admin().await;
     let before = tenant_count(&admin).await;
-    let cases: Vec<(&str, Vec<u8>, &str, StatusCode, Option<&str>)> = vec![
+    // (what, body, content type, expected status, field named)
+    type Case<'a> = (&'a str, Vec<u8>, &'a str, StatusCode, Option<&'a str>);
+    let cases: Vec<Case> = vec![
         (
             "malformed JSON",
             b"{\"name\": ".to_vec(),
