@@ -34,7 +34,7 @@ pub struct AuditActor(pub String);
 #[derive(Clone, Debug)]
 pub struct AuditObject(pub String);
 
-/// How long a token's principal is reused before it is read again.
+/// How long a token's principal is reused before it is read again (and `last_used_at` written).
 const TOKEN_CACHE_TTL: Duration = Duration::from_secs(5);
 const TOKEN_CACHE_MAX: usize = 10_000;
 
@@ -50,26 +50,29 @@ impl TokenCache {
     async fn principal(&self, store: &Store, secret: &str) -> Result<Option<Principal>, ApiError> {
         let digest = crate::secrets::secret_digest(secret);
         if let Ok(entries) = self.entries.lock() {
-            if let Some((p, at)) = entries.get(&digest) {
-                if at.elapsed() < TOKEN_CACHE_TTL {
+            if let Some((p, valid_until)) = entries.get(&digest) {
+                if Instant::now() < *valid_until {
                     return Ok(Some(p.clone()));
                 }
             }
         }
-        let principal = store.token_principal(secret).await?;
-        if let Some(p) = &principal {
-            if let Ok(mut entries) = self.entries.lock() {
-                if entries.len() >= TOKEN_CACHE_MAX {
-                    entries.clear();
-                }
-                entries.insert(digest, (p.clone(), Instant::now()));
+        let Some((principal, expires_at)) = store.token_principal(secret).await? else {
+            return Ok(None);
+        };
+        // Cached for the cache period, but never past the token's own expiry.
+        let left = (expires_at - crate::model::now()).unsigned_abs();
+        let valid_until = Instant::now() + TOKEN_CACHE_TTL.min(left);
+        if let Ok(mut entries) = self.entries.lock() {
+            if entries.len() >= TOKEN_CACHE_MAX {
+                entries.clear();
             }
-            if let Some(id) = &p.token_id {
-                // Recorded at most once per cache period per token.
-                store.touch_token(id).await?;
-            }
+            entries.insert(digest, (principal.clone(), valid_until));
         }
-        Ok(principal)
+        if let Some(id) = &principal.token_id {
+            // Recorded at most once per cache period per token.
+            store.touch_token(id).await?;
+        }
+        Ok(Some(principal))
     }
 
     /// Forget every cached principal.

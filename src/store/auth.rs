@@ -304,8 +304,9 @@ impl Store {
         .await
     }
 
-    /// The principal behind a bearer token secret, if the token is live (not expired or revoked).
-    pub async fn token_principal(&self, secret: &str) -> Result<Option<Principal>> {
+    /// The principal behind a bearer token secret and the token's expiry, if the token is live
+    /// (not expired or revoked).
+    pub async fn token_principal(&self, secret: &str) -> Result<Option<(Principal, Timestamp)>> {
         let digest = secret_digest(secret);
         self.read(move |c| {
             let row: Option<(String, String, i64, Option<i64>)> = c
@@ -319,12 +320,13 @@ impl Store {
             let Some((token_id, user_id, expires, revoked)) = row else {
                 return Ok(None);
             };
-            if revoked.is_some() || from_millis(expires) < now() {
+            let expires_at = from_millis(expires);
+            if revoked.is_some() || expires_at < now() {
                 return Ok(None);
             }
             Ok(principal_of(c, &user_id)?.map(|mut p| {
                 p.token_id = Some(token_id);
-                p
+                (p, expires_at)
             }))
         })
         .await

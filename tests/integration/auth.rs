@@ -328,3 +328,22 @@ async fn http_redirect_listener_only_redirects_to_https() {
         format!("https://127.0.0.1:{https_port}/v1/tenants?x=1")
     );
 }
+
+#[tokio::test]
+async fn expired_tokens_are_refused() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("data");
+    let mut app = TestApp::start_in(&dir, &[]);
+    let admin = app.admin().await;
+    assert_eq!(admin.get("/v1/me").await.0, StatusCode::OK);
+    app.stop();
+    let conn = rusqlite::Connection::open(dir.join("state.db")).expect("db");
+    conn.execute("UPDATE api_tokens SET expires_at = 1000", [])
+        .expect("expire");
+    drop(conn);
+    let app = TestApp::start_in(&dir, &[]);
+    let mut expired = app.anonymous();
+    expired.token = admin.token.clone();
+    let (status, body) = expired.get("/v1/me").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+}
