@@ -5,5 +5,6 @@ mod support;
 mod admin_cli;
 mod api_errors;
 mod auth;
+mod browser;
 mod durability;
 mod openapi;
