@@ -54,6 +54,8 @@ pub enum ApiError {
     NotFound { kind: &'static str },
     #[error("no such route: see /v1/openapi.json for the API")]
     NoRoute,
+    #[error("this route does not take that method: see /v1/openapi.json for the methods it takes")]
+    MethodNotAllowed,
     #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
@@ -102,6 +104,11 @@ impl ApiError {
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
             ApiError::NotFound { .. } => (StatusCode::NOT_FOUND, "not-found", "Not found"),
             ApiError::NoRoute => (StatusCode::NOT_FOUND, "no-such-route", "No such route"),
+            ApiError::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "Method not allowed",
+            ),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict", "Conflict"),
             ApiError::PreconditionFailed(_) => (
                 StatusCode::PRECONDITION_FAILED,

@@ -62,11 +62,36 @@ fn user_visibility(p: &Principal) -> Visibility {
     }
 }
 
+/// True if `u` belongs to a tenant the caller administers (or the caller is a system admin):
+/// the caller may then see the account.
 fn manages_user(p: &Principal, u: &User) -> bool {
     p.is_system_admin()
         || u.tenant_id
             .as_deref()
             .is_some_and(|t| p.administers_tenant(t))
+}
+
+/// 403 unless the caller may change `u`: a tenant admin never changes an account that holds
+/// system-admin, even one homed in its tenant (that would be a path to system admin).
+async fn check_may_change(
+    app: &AppState,
+    p: &Principal,
+    u: &User,
+    what: &str,
+) -> Result<(), ApiError> {
+    if p.is_system_admin() {
+        return Ok(());
+    }
+    if !manages_user(p, u) {
+        return Err(ApiError::Forbidden(format!("only admins {what}")));
+    }
+    if app.store.is_system_admin(&u.id).await? {
+        return Err(ApiError::Forbidden(format!(
+            "{} is a system admin: only system admins {what} of system admins",
+            u.username
+        )));
+    }
+    Ok(())
 }
 
 /// A user the caller may see (itself, or one it manages), or 404.
@@ -239,6 +264,7 @@ async fn update_user(
             "only admins change accounts: use /v1/me/password for your own password".into(),
         ));
     }
+    check_may_change(&app, &p, &user, "change accounts").await?;
     u.validate()?;
     if u.disabled && user.id == p.user_id {
         return Err(Invalid::new("disabled", "you cannot disable your own account").into());
@@ -264,9 +290,7 @@ async fn delete_user(
     IfMatch(v): IfMatch,
 ) -> Result<StatusCode, ApiError> {
     let user = visible_user(&app, &p, &id).await?;
-    if !manages_user(&p, &user) {
-        return Err(ApiError::Forbidden("only admins delete accounts".into()));
-    }
+    check_may_change(&app, &p, &user, "delete accounts").await?;
     if user.id == p.user_id {
         return Err(ApiError::Conflict(
             "you cannot delete your own account".into(),

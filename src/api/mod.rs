@@ -102,6 +102,7 @@ pub fn router(app: AppState) -> Router {
     let max_body = app.config.max_body_bytes;
     api.merge(crate::console::router())
         .fallback(system::no_route)
+        .method_not_allowed_fallback(system::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
             middleware::audit,

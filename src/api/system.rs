@@ -117,6 +117,11 @@ async fn openapi_json(State(app): State<AppState>, _auth: Auth) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], doc.clone()).into_response()
 }
 
+/// Fallback for a method a route does not serve.
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
 /// Fallback for paths no route serves.
 pub async fn no_route() -> ApiError {
     ApiError::NoRoute

@@ -270,6 +270,9 @@ impl Store {
         let id = id.to_string();
         self.write(move |tx, _| {
             let version = bump_version(tx, "users", &id, expected)?;
+            if disabled {
+                keep_a_system_admin(tx, &id)?;
+            }
             tx.execute(
                 "UPDATE users SET display_name = ?, disabled = ?, version = ?, updated_at = ? WHERE id = ?",
                 params![display_name, disabled, version, to_millis(now()), id],
@@ -312,6 +315,7 @@ impl Store {
         let id = id.to_string();
         self.write(move |tx, _| {
             bump_version(tx, "users", &id, expected)?;
+            keep_a_system_admin(tx, &id)?;
             tx.execute("DELETE FROM users WHERE id = ?", [&id])
                 .map_err(Error::sql("delete user"))?;
             Ok(())
@@ -381,34 +385,36 @@ impl Store {
     pub async fn delete_binding(&self, id: &str) -> Result<()> {
         let id = id.to_string();
         self.write(move |tx, _| {
-            let role: Option<String> = tx
-                .query_row("SELECT role FROM role_bindings WHERE id = ?", [&id], |r| r.get(0))
+            let binding: Option<(String, String)> = tx
+                .query_row(
+                    "SELECT role, user_id FROM role_bindings WHERE id = ?",
+                    [&id],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
                 .optional()
                 .map_err(Error::sql("read binding"))?;
-            if role.as_deref() == Some(Role::SystemAdmin.as_str()) {
-                let admins: i64 = tx
-                    .query_row(
-                        "SELECT count(*) FROM role_bindings b JOIN users u ON u.id = b.user_id
-                         WHERE b.role = 'system-admin' AND u.disabled = 0",
-                        [],
-                        |r| r.get(0),
-                    )
-                    .map_err(Error::sql("count system admins"))?;
-                if admins <= 1 {
-                    return Err(Error::Conflict(
-                        "this is the last system admin binding: grant system-admin to another user first".into(),
-                    ));
+            if let Some((role, user_id)) = binding {
+                if role == Role::SystemAdmin.as_str() {
+                    keep_a_system_admin(tx, &user_id)?;
                 }
             }
             let n = tx
                 .execute("DELETE FROM role_bindings WHERE id = ?", [&id])
                 .map_err(Error::sql("delete binding"))?;
             if n == 0 {
-                return Err(Error::NotFound { kind: "role binding" });
+                return Err(Error::NotFound {
+                    kind: "role binding",
+                });
             }
             Ok(())
         })
         .await
+    }
+
+    /// True if the user holds the system-admin role.
+    pub async fn is_system_admin(&self, user_id: &str) -> Result<bool> {
+        let id = user_id.to_string();
+        self.read(move |c| holds_system_admin(c, &id)).await
     }
 
     /// True when at least one user exists (setup is then closed).
@@ -419,6 +425,39 @@ impl Store {
         })
         .await
     }
+}
+
+/// True if `user_id` holds the system-admin role.
+fn holds_system_admin(conn: &Connection, user_id: &str) -> Result<bool> {
+    conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM role_bindings WHERE user_id = ? AND role = 'system-admin')",
+        [user_id],
+        |r| r.get(0),
+    )
+    .map_err(Error::sql("read roles"))
+}
+
+/// Refuse a change that would leave no enabled system admin (`user_id` is about to lose the
+/// role, be disabled or be deleted).
+fn keep_a_system_admin(conn: &Connection, user_id: &str) -> Result<()> {
+    if !holds_system_admin(conn, user_id)? {
+        return Ok(());
+    }
+    let others: i64 = conn
+        .query_row(
+            "SELECT count(DISTINCT b.user_id) FROM role_bindings b JOIN users u ON u.id = b.user_id
+             WHERE b.role = 'system-admin' AND u.disabled = 0 AND u.id != ?",
+            [user_id],
+            |r| r.get(0),
+        )
+        .map_err(Error::sql("count system admins"))?;
+    if others == 0 {
+        return Err(Error::Conflict(
+            "this is the last enabled system admin: grant system-admin to another user first"
+                .into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Replace a password hash, clear lockout state and end existing sessions.

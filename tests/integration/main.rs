@@ -8,3 +8,4 @@ mod auth;
 mod browser;
 mod durability;
 mod openapi;
+mod rbac;
