@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use axum_server::tls_rustls::RustlsConfig;
+use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 
 use crate::api::metrics::Metrics;
 use crate::api::middleware::TokenCache;
@@ -44,6 +44,7 @@ pub struct App {
     pub ca_pem: String,
     pub metrics: Metrics,
     pub tokens: TokenCache,
+    pub lists: crate::api::list_cache::ListCache,
     pub console: crate::console::Console,
     pub started: Instant,
     /// The OpenAPI document, rendered on first request.
@@ -122,6 +123,7 @@ pub async fn start(config: ServeConfig) -> Result<Appliance, Error> {
         store,
         metrics: Metrics::default(),
         tokens: TokenCache::default(),
+        lists: Default::default(),
         console: crate::console::Console::default(),
         started: Instant::now(),
         openapi: OnceLock::new(),
@@ -173,7 +175,12 @@ impl Appliance {
             tracing::info!("shutting down: finishing requests in flight");
             stopper.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
         });
-        axum_server::from_tcp_rustls(self.listener, RustlsConfig::from_config(self.tls))
+        // TCP_NODELAY: without it the small TLS 1.3 session ticket sent after the handshake holds
+        // the first response back until the client's delayed ACK (about 40 ms per new connection).
+        let acceptor = RustlsAcceptor::new(RustlsConfig::from_config(self.tls))
+            .acceptor(axum_server::accept::NoDelayAcceptor::new());
+        axum_server::from_tcp(self.listener)
+            .acceptor(acceptor)
             .handle(handle)
             .serve(router.into_make_service_with_connect_info::<SocketAddr>())
             .await

@@ -1,6 +1,8 @@
 //! The pack catalogue (read-only: bundle import fills it) and object events.
 
 use axum::extract::{Path, State};
+use axum::http::Uri;
+use axum::response::Response;
 use axum::Json;
 use serde::Deserialize;
 use utoipa::IntoParams;
@@ -9,8 +11,8 @@ use utoipa_axum::routes;
 
 use super::error::{ApiError, Problem};
 use super::extract::{ApiQuery, Auth};
-use super::AppState;
-use crate::model::{page_limit, Event, Pack, Page};
+use super::{list_cache, AppState};
+use crate::model::{page_limit, Event, Pack, Page, Visibility};
 
 /// Routes of this module.
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -47,14 +49,26 @@ pub struct EventQuery {
 async fn list_packs(
     State(app): State<AppState>,
     _auth: Auth,
+    uri: Uri,
     ApiQuery(q): ApiQuery<PackQuery>,
-) -> Result<Json<Page<Pack>>, ApiError> {
+) -> Result<Response, ApiError> {
     let limit = page_limit(q.limit)?;
-    Ok(Json(
-        app.store
-            .list_packs(q.name, q.layer_type, q.after, limit)
-            .await?,
-    ))
+    let key = list_cache::key(
+        uri.path(),
+        uri.query(),
+        &Visibility {
+            all: true,
+            ..Default::default()
+        },
+    );
+    app.lists
+        .page(&app.store, key, async {
+            Ok(app
+                .store
+                .list_packs(q.name, q.layer_type, q.after, limit)
+                .await?)
+        })
+        .await
 }
 
 /// Read a pack.
@@ -74,12 +88,18 @@ async fn get_pack(
 async fn list_events(
     State(app): State<AppState>,
     Auth(p): Auth,
+    uri: Uri,
     ApiQuery(q): ApiQuery<EventQuery>,
-) -> Result<Json<Page<Event>>, ApiError> {
+) -> Result<Response, ApiError> {
     let limit = page_limit(q.limit)?;
-    Ok(Json(
-        app.store
-            .list_events(p.project_visibility(), q.object_id, q.after, limit)
-            .await?,
-    ))
+    let visibility = p.project_visibility();
+    let key = list_cache::key(uri.path(), uri.query(), &visibility);
+    app.lists
+        .page(&app.store, key, async {
+            Ok(app
+                .store
+                .list_events(visibility, q.object_id, q.after, limit)
+                .await?)
+        })
+        .await
 }

@@ -3,7 +3,8 @@
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::Json;
+use axum::http::Uri;
+use axum::response::Response;
 use serde::Deserialize;
 use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
@@ -12,7 +13,7 @@ use utoipa_axum::routes;
 use super::error::{ApiError, Problem};
 use super::extract::{ApiJson, ApiQuery, Auth, Created, IfMatch, Tagged};
 use super::tenancy::{editable, editable_project, readable};
-use super::AppState;
+use super::{list_cache, AppState};
 use crate::model::{
     page_limit, CloudAccount, NewCloudAccount, Page, Principal, UpdateCloudAccount,
 };
@@ -59,14 +60,20 @@ pub async fn add_cloud_account(
 async fn list_cloud_accounts(
     State(app): State<AppState>,
     Auth(p): Auth,
+    uri: Uri,
     ApiQuery(q): ApiQuery<CloudAccountQuery>,
-) -> Result<Json<Page<CloudAccount>>, ApiError> {
+) -> Result<Response, ApiError> {
     let limit = page_limit(q.limit)?;
-    Ok(Json(
-        app.store
-            .list_cloud_accounts(p.project_visibility(), q.project_id, q.kind, q.after, limit)
-            .await?,
-    ))
+    let visibility = p.project_visibility();
+    let key = list_cache::key(uri.path(), uri.query(), &visibility);
+    app.lists
+        .page(&app.store, key, async {
+            Ok(app
+                .store
+                .list_cloud_accounts(visibility, q.project_id, q.kind, q.after, limit)
+                .await?)
+        })
+        .await
 }
 
 /// Create a cloud account (project editors).

@@ -3,7 +3,8 @@
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::Json;
+use axum::http::Uri;
+use axum::response::Response;
 use serde::Deserialize;
 use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
@@ -12,7 +13,7 @@ use utoipa_axum::routes;
 use super::error::{ApiError, Problem};
 use super::extract::{ApiJson, ApiQuery, Auth, Created, IfMatch, Tagged};
 use super::tenancy::{editable, editable_project, readable};
-use super::AppState;
+use super::{list_cache, AppState};
 use crate::model::{page_limit, Cluster, NewCluster, Page, Principal, UpdateCluster};
 use crate::store::ClusterFilter;
 
@@ -54,8 +55,9 @@ pub async fn add_cluster(
 async fn list_clusters(
     State(app): State<AppState>,
     Auth(p): Auth,
+    uri: Uri,
     ApiQuery(q): ApiQuery<ClusterQuery>,
-) -> Result<Json<Page<Cluster>>, ApiError> {
+) -> Result<Response, ApiError> {
     let limit = page_limit(q.limit)?;
     let filter = ClusterFilter {
         project_id: q.project_id,
@@ -64,11 +66,16 @@ async fn list_clusters(
         profile_id: q.profile_id,
         cloud_account_id: q.cloud_account_id,
     };
-    Ok(Json(
-        app.store
-            .list_clusters(p.project_visibility(), filter, q.after, limit)
-            .await?,
-    ))
+    let visibility = p.project_visibility();
+    let key = list_cache::key(uri.path(), uri.query(), &visibility);
+    app.lists
+        .page(&app.store, key, async {
+            Ok(app
+                .store
+                .list_clusters(visibility, filter, q.after, limit)
+                .await?)
+        })
+        .await
 }
 
 /// Create a cluster (status Pending until the orchestrator takes it).

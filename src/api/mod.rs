@@ -7,6 +7,7 @@
 
 pub mod error;
 pub mod extract;
+pub mod list_cache;
 pub mod metrics;
 pub mod middleware;
 

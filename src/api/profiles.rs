@@ -2,6 +2,8 @@
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::http::Uri;
+use axum::response::Response;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -11,7 +13,7 @@ use utoipa_axum::routes;
 use super::error::{ApiError, Problem};
 use super::extract::{ApiJson, ApiQuery, Auth, Created, IfMatch, Tagged};
 use super::tenancy::{editable, editable_project, readable};
-use super::AppState;
+use super::{list_cache, AppState};
 use crate::model::{
     page_limit, NewProfile, NewProfileRevision, Page, Principal, Profile, ProfileRevision,
     UpdateProfile,
@@ -64,14 +66,20 @@ pub async fn add_profile(
 async fn list_profiles(
     State(app): State<AppState>,
     Auth(p): Auth,
+    uri: Uri,
     ApiQuery(q): ApiQuery<ProfileQuery>,
-) -> Result<Json<Page<Profile>>, ApiError> {
+) -> Result<Response, ApiError> {
     let limit = page_limit(q.limit)?;
-    Ok(Json(
-        app.store
-            .list_profiles(p.project_visibility(), q.project_id, q.name, q.after, limit)
-            .await?,
-    ))
+    let visibility = p.project_visibility();
+    let key = list_cache::key(uri.path(), uri.query(), &visibility);
+    app.lists
+        .page(&app.store, key, async {
+            Ok(app
+                .store
+                .list_profiles(visibility, q.project_id, q.name, q.after, limit)
+                .await?)
+        })
+        .await
 }
 
 /// Create a profile with its first revision.

@@ -3,7 +3,8 @@
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::Json;
+use axum::http::Uri;
+use axum::response::Response;
 use serde::Deserialize;
 use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
@@ -11,7 +12,7 @@ use utoipa_axum::routes;
 
 use super::error::{ApiError, Problem};
 use super::extract::{ApiJson, ApiQuery, Auth, Created, IfMatch, Tagged};
-use super::AppState;
+use super::{list_cache, AppState};
 use crate::model::{
     check_id, page_limit, Invalid, NewProject, NewTenant, Page, Principal, Project, ProjectScoped,
     Tenant, UpdateProject, UpdateTenant,
@@ -151,14 +152,20 @@ pub async fn add_project(
 async fn list_tenants(
     State(app): State<AppState>,
     Auth(p): Auth,
+    uri: Uri,
     ApiQuery(q): ApiQuery<TenantQuery>,
-) -> Result<Json<Page<Tenant>>, ApiError> {
+) -> Result<Response, ApiError> {
     let limit = page_limit(q.limit)?;
-    Ok(Json(
-        app.store
-            .list_tenants(p.tenant_visibility(), q.name, q.after, limit)
-            .await?,
-    ))
+    let visibility = p.tenant_visibility();
+    let key = list_cache::key(uri.path(), uri.query(), &visibility);
+    app.lists
+        .page(&app.store, key, async {
+            Ok(app
+                .store
+                .list_tenants(visibility, q.name, q.after, limit)
+                .await?)
+        })
+        .await
 }
 
 /// Create a tenant (system admins).
@@ -232,17 +239,23 @@ async fn delete_tenant(
 async fn list_projects(
     State(app): State<AppState>,
     Auth(p): Auth,
+    uri: Uri,
     ApiQuery(q): ApiQuery<ProjectQuery>,
-) -> Result<Json<Page<Project>>, ApiError> {
+) -> Result<Response, ApiError> {
     let limit = page_limit(q.limit)?;
     if let Some(t) = &q.tenant_id {
         check_id("tenant_id", t)?;
     }
-    Ok(Json(
-        app.store
-            .list_projects(p.project_visibility(), q.tenant_id, q.name, q.after, limit)
-            .await?,
-    ))
+    let visibility = p.project_visibility();
+    let key = list_cache::key(uri.path(), uri.query(), &visibility);
+    app.lists
+        .page(&app.store, key, async {
+            Ok(app
+                .store
+                .list_projects(visibility, q.tenant_id, q.name, q.after, limit)
+                .await?)
+        })
+        .await
 }
 
 /// Create a project in a tenant (tenant admins).

@@ -30,8 +30,11 @@ enum Command {
 
 /// Run the parsed command; returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
+    // Database calls run on the blocking pool; a few more threads than SQLite connections is
+    // enough, and a bounded pool avoids dozens of threads waking for each other under load.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(16)
         .build()?;
     match cli.command {
         Command::Serve(config) => runtime.block_on(serve::run(config)),

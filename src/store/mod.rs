@@ -26,7 +26,7 @@ pub use error::{Error, Result};
 pub use migrations::SCHEMA_VERSION;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{Connection, OpenFlags, Transaction};
@@ -48,6 +48,8 @@ struct Inner {
     writer: Mutex<Connection>,
     readers: Vec<Mutex<Connection>>,
     next_reader: AtomicUsize,
+    /// Bumped after every committed write: a cached read taken at an older generation is stale.
+    generation: AtomicU64,
     key: SealingKey,
 }
 
@@ -98,9 +100,16 @@ impl Store {
                 writer: Mutex::new(writer),
                 readers,
                 next_reader: AtomicUsize::new(0),
+                generation: AtomicU64::new(0),
                 key,
             }),
         })
+    }
+
+    /// Generation of the data: changes after every write this process commits. Read it
+    /// before reading data to tag what was read.
+    pub fn generation(&self) -> u64 {
+        self.inner.generation.load(Ordering::Acquire)
     }
 
     /// Path of the database file.
@@ -147,6 +156,7 @@ impl Store {
                 .map_err(Error::sql("begin transaction"))?;
             let out = f(&tx, &inner.key)?;
             tx.commit().map_err(Error::sql("commit"))?;
+            inner.generation.fetch_add(1, Ordering::Release);
             Ok(out)
         })
         .await
