@@ -22,13 +22,21 @@ use crate::store::Store;
 
 /// Most pages kept; the cache is emptied when full (pages are cheap to render again).
 const MAX_ENTRIES: usize = 1024;
+/// Most bytes of pages kept, so that many distinct queries cannot grow memory without bound.
+const MAX_TOTAL_BYTES: usize = 8 * 1024 * 1024;
 /// Pages larger than this are not kept.
-const MAX_PAGE_BYTES: usize = 2 * 1024 * 1024;
+const MAX_PAGE_BYTES: usize = 1024 * 1024;
 
 /// The cache of rendered list pages.
 #[derive(Default)]
 pub struct ListCache {
-    entries: Mutex<HashMap<String, (u64, Bytes)>>,
+    entries: Mutex<Entries>,
+}
+
+#[derive(Default)]
+struct Entries {
+    pages: HashMap<String, (u64, Bytes)>,
+    bytes: usize,
 }
 
 /// The cache key of one list request.
@@ -70,7 +78,7 @@ impl ListCache {
     {
         let generation = store.generation();
         if let Ok(entries) = self.entries.lock() {
-            if let Some((g, bytes)) = entries.get(&key) {
+            if let Some((g, bytes)) = entries.pages.get(&key) {
                 if *g == generation {
                     return Ok(json(bytes.clone()));
                 }
@@ -82,10 +90,16 @@ impl ListCache {
         let bytes = Bytes::from(buf);
         if bytes.len() <= MAX_PAGE_BYTES {
             if let Ok(mut entries) = self.entries.lock() {
-                if entries.len() >= MAX_ENTRIES {
-                    entries.clear();
+                if entries.pages.len() >= MAX_ENTRIES
+                    || entries.bytes + bytes.len() > MAX_TOTAL_BYTES
+                {
+                    entries.pages.clear();
+                    entries.bytes = 0;
                 }
-                entries.insert(key, (generation, bytes.clone()));
+                entries.bytes += bytes.len();
+                if let Some((_, old)) = entries.pages.insert(key, (generation, bytes.clone())) {
+                    entries.bytes -= old.len();
+                }
             }
         }
         Ok(json(bytes))
