@@ -24,7 +24,9 @@ pub mod tenancy;
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
+use axum::http::{header, HeaderValue};
 use axum::Router;
+use tower_http::set_header::SetResponseHeaderLayer;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
@@ -117,5 +119,14 @@ pub fn router(app: AppState) -> Router {
             middleware::request_id_and_metrics,
         ))
         .layer(DefaultBodyLimit::max(max_body))
+        // HTTPS only, always: browsers must never try plain HTTP for the appliance again.
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static("max-age=31536000"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
         .with_state(app)
 }

@@ -85,7 +85,20 @@ async fn nothing_but_health_login_and_setup_answers_anonymously() {
     let app = TestApp::start();
     let anon = app.anonymous();
     for open in ["/healthz", "/readyz"] {
-        assert_eq!(anon.get(open).await.0, StatusCode::OK, "{open}");
+        let r = anon.send(Method::GET, open, None, &[]).await;
+        assert_eq!(r.status, StatusCode::OK, "{open}");
+        assert_eq!(
+            r.headers
+                .get("strict-transport-security")
+                .and_then(|v| v.to_str().ok()),
+            Some("max-age=31536000")
+        );
+        assert_eq!(
+            r.headers
+                .get("x-content-type-options")
+                .and_then(|v| v.to_str().ok()),
+            Some("nosniff")
+        );
     }
     for closed in [
         "/metrics",
