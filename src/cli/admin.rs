@@ -57,7 +57,8 @@ pub enum AdminCommand {
         dir: DirArg,
         file: PathBuf,
     },
-    /// Check the database's integrity and foreign keys. Exit code 3 when problems are found.
+    /// Check the database's integrity and foreign keys, and that every stored credential
+    /// decrypts with this directory's key. Exit code 3 when problems are found.
     Check {
         #[command(flatten)]
         dir: DirArg,
@@ -161,7 +162,8 @@ pub(super) async fn run(cmd: AdminCommand) -> anyhow::Result<i32> {
         AdminCommand::Check { dir } => {
             let dir = DataDir::existing(&dir.data_dir)?;
             let store = open_store(&dir)?;
-            let problems = store.check().await?;
+            let mut problems = store.check().await?;
+            problems.extend(store.check_sealed_credentials().await?);
             if problems.is_empty() {
                 println!("database {}: ok", dir.db_path().display());
                 Ok(0)

@@ -15,6 +15,7 @@ mod error;
 mod events;
 mod migrations;
 mod profiles;
+mod registry;
 mod tenants;
 mod users;
 
@@ -24,6 +25,10 @@ pub use backup::{backup_to, restore_from};
 pub use clusters::ClusterFilter;
 pub use error::{Error, Result};
 pub use migrations::SCHEMA_VERSION;
+pub use registry::{
+    CollectedRows, DeleteManifest, NewManifest, PutManifest, Referrer, RegistryScope,
+    RegistryUpload, StoredManifest, UnlinkBlob,
+};
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -187,7 +192,9 @@ impl Store {
             for row in rows {
                 let line = row.map_err(Error::sql("integrity check"))?;
                 if line != "ok" {
-                    problems.push(line);
+                    problems.push(format!(
+                        "{line}: restore the latest backup with palisade admin restore"
+                    ));
                 }
             }
             let mut stmt = c

@@ -331,3 +331,21 @@ async fn credentials_never_reach_the_api_audit_logs_or_database_in_clear() {
         }
     }
 }
+
+#[tokio::test]
+async fn check_names_credentials_the_key_cannot_open() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("data");
+    let data = dir.to_str().expect("path");
+    let mut app = TestApp::start_in(&dir, &[]);
+    let admin = app.admin().await;
+    tenant_fixture(&admin, "acme").await;
+    app.stop();
+    let (code, out, _) = run_cli(&["admin", "check", "--data-dir", data], None);
+    assert_eq!(code, 0, "{out}");
+    // A sealing key from another appliance (as after restoring only the database).
+    std::fs::write(dir.join("secret.key"), [7u8; 32]).expect("replace key");
+    let (code, out, _) = run_cli(&["admin", "check", "--data-dir", data], None);
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("credentials of cloud account vc"), "{out}");
+}
