@@ -26,6 +26,8 @@ pub enum Error {
     Store(#[from] crate::store::Error),
     #[error(transparent)]
     Pki(#[from] crate::pki::Error),
+    #[error("cannot open the registry's blob store")]
+    Registry(#[from] crate::registry::blobs::Error),
     #[error("cannot listen on {addr}: {source} (is another service using the port? choose another with --listen)")]
     Bind {
         addr: SocketAddr,
@@ -46,6 +48,8 @@ pub struct App {
     pub tokens: TokenCache,
     pub lists: crate::api::list_cache::ListCache,
     pub console: crate::console::Console,
+    /// The OCI registry's blob store and upload state.
+    pub registry: crate::registry::Registry,
     pub started: Instant,
     /// The OpenAPI document, rendered on first request.
     pub openapi: OnceLock<String>,
@@ -88,6 +92,7 @@ pub async fn start(config: ServeConfig) -> Result<Appliance, Error> {
         .await
         .map_err(|_| Error::Store(crate::store::Error::Poisoned))??;
     let pki = Pki::load_or_create(&dir.pki_dir())?;
+    let registry = crate::registry::Registry::open(&dir.registry_dir())?;
     let identity = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => pki::load_identity(cert, key)?,
         _ => pki.issue_server_identity(&pki::local_names(&config.extra_names))?,
@@ -125,6 +130,7 @@ pub async fn start(config: ServeConfig) -> Result<Appliance, Error> {
         tokens: TokenCache::default(),
         lists: Default::default(),
         console: crate::console::Console::default(),
+        registry,
         started: Instant::now(),
         openapi: OnceLock::new(),
     });
@@ -169,6 +175,9 @@ impl Appliance {
                 }
             });
         }
+        tokio::spawn(crate::registry::collect_garbage_periodically(
+            self.app.clone(),
+        ));
         let stopper = handle.clone();
         tokio::spawn(async move {
             shutdown.await;

@@ -5,6 +5,7 @@
 //!   state.db              SQLite database (WAL)
 //!   secret.key            key sealing stored credentials (0600)
 //!   pki/ca.crt, ca.key    internal CA (key 0600)
+//!   registry/             OCI registry: blobs/sha256/<2 hex>/<64 hex>, uploads/<uuid>
 //!   palisade.lock         held by a running `palisade serve`
 //! ```
 
@@ -93,6 +94,11 @@ impl DataDir {
     /// The internal CA's directory.
     pub fn pki_dir(&self) -> PathBuf {
         self.root.join("pki")
+    }
+
+    /// The OCI registry's blob store and upload files.
+    pub fn registry_dir(&self) -> PathBuf {
+        self.root.join("registry")
     }
 
     /// Take the directory's exclusive lock, failing at once if a running appliance holds it.

@@ -139,27 +139,57 @@ pub async fn request_id_and_metrics(
     res
 }
 
+/// The password of `Authorization: Basic <base64(user:password)>`, if that is what was sent.
+fn basic_password(headers: &axum::http::HeaderMap) -> Option<String> {
+    use base64::Engine as _;
+    let encoded = headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Basic ")?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    text.split_once(':')
+        .map(|(_, password)| password.to_string())
+}
+
 /// Resolve credentials (bearer token, else session cookie) into an `AuthContext`. A bearer token
 /// that is wrong, expired or revoked is refused outright; a stale cookie just counts as none.
 /// API calls made with a session cookie must carry the session's CSRF token in `X-CSRF-Token`.
+///
+/// The registry (`/v2/`) also takes the token as the password of HTTP Basic authentication
+/// (any user name), which is what container tools send, answers refusals in its own error
+/// format, and ignores session cookies: registry clients never hold one, so a browser's
+/// console session can never be ridden into a push (no CSRF surface there).
 pub async fn authenticate(State(app): State<AppState>, mut req: Request, next: Next) -> Response {
-    let bearer = req
+    let registry = crate::registry::is_registry_path(req.uri().path());
+    let mut bearer = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(|s| s.trim().to_string());
+    if registry && bearer.is_none() {
+        bearer = basic_password(req.headers());
+    }
     let ctx = if let Some(secret) = bearer {
         match app.tokens.principal(&app.store, &secret).await {
             Ok(Some(principal)) => Some(AuthContext {
                 principal,
                 session: None,
             }),
+            Ok(None) if registry => {
+                return crate::registry::errors::RegistryError::Unauthorized.into_response();
+            }
             Ok(None) => {
                 return ApiError::Unauthenticated.into_response();
             }
             Err(e) => return e.into_response(),
         }
+    } else if registry {
+        None
     } else if let Some(secret) = cookie(req.headers(), SESSION_COOKIE).map(str::to_string) {
         match app.store.session(&secret).await {
             Ok(Some(s)) => Some(AuthContext {

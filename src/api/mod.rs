@@ -104,6 +104,8 @@ pub fn router(app: AppState) -> Router {
     let (api, _) = routes().split_for_parts();
     let max_body = app.config.max_body_bytes;
     api.merge(crate::console::router())
+        // The OCI distribution API; not part of the OpenAPI document.
+        .merge(crate::registry::router())
         .fallback(system::no_route)
         .method_not_allowed_fallback(system::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(

@@ -173,6 +173,69 @@ CREATE TABLE audit_head (
     hash TEXT NOT NULL
 );
 "#,
+    // 2: the OCI registry's metadata. Blob contents live on disk under <data-dir>/registry/.
+    // tenant_id is '' for shared/ repositories.
+    r#"
+CREATE TABLE registry_repositories (
+    id INTEGER PRIMARY KEY,
+    tenant_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    UNIQUE (tenant_id, name)
+);
+CREATE INDEX registry_repositories_name ON registry_repositories(name);
+CREATE TABLE registry_blobs (
+    digest TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE registry_blob_links (
+    repository_id INTEGER NOT NULL REFERENCES registry_repositories(id) ON DELETE CASCADE,
+    digest TEXT NOT NULL REFERENCES registry_blobs(digest),
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (repository_id, digest)
+);
+CREATE INDEX registry_blob_links_digest ON registry_blob_links(digest);
+CREATE TABLE registry_manifests (
+    repository_id INTEGER NOT NULL REFERENCES registry_repositories(id) ON DELETE CASCADE,
+    digest TEXT NOT NULL REFERENCES registry_blobs(digest),
+    media_type TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    artifact_type TEXT,
+    subject TEXT,
+    annotations TEXT,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (repository_id, digest)
+);
+CREATE INDEX registry_manifests_digest ON registry_manifests(digest);
+CREATE INDEX registry_manifests_subject ON registry_manifests(repository_id, subject);
+CREATE TABLE registry_manifest_refs (
+    repository_id INTEGER NOT NULL,
+    manifest_digest TEXT NOT NULL,
+    child_digest TEXT NOT NULL REFERENCES registry_blobs(digest),
+    PRIMARY KEY (repository_id, manifest_digest, child_digest),
+    FOREIGN KEY (repository_id, manifest_digest)
+        REFERENCES registry_manifests(repository_id, digest) ON DELETE CASCADE
+);
+CREATE INDEX registry_manifest_refs_child ON registry_manifest_refs(repository_id, child_digest);
+CREATE INDEX registry_manifest_refs_child_digest ON registry_manifest_refs(child_digest);
+CREATE TABLE registry_tags (
+    repository_id INTEGER NOT NULL,
+    tag TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (repository_id, tag),
+    FOREIGN KEY (repository_id, digest)
+        REFERENCES registry_manifests(repository_id, digest) ON DELETE CASCADE
+);
+CREATE TABLE registry_uploads (
+    id TEXT PRIMARY KEY,
+    repository_id INTEGER NOT NULL REFERENCES registry_repositories(id) ON DELETE CASCADE,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE INDEX registry_uploads_repository ON registry_uploads(repository_id);
+"#,
 ];
 
 /// The schema version this executable writes.

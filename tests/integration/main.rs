@@ -9,3 +9,4 @@ mod browser;
 mod durability;
 mod openapi;
 mod rbac;
+mod registry;
