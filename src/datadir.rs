@@ -5,7 +5,8 @@
 //!   state.db              SQLite database (WAL)
 //!   secret.key            key sealing stored credentials (0600)
 //!   pki/ca.crt, ca.key    internal CA (key 0600)
-//!   registry/             OCI registry: blobs/sha256/<2 hex>/<64 hex>, uploads/<uuid>
+//!   registry/             OCI registry: blobs/sha256/<2 hex>/<64 hex>, uploads/<uuid>,
+//!                         gc.lock (collector vs. admin backup/check, see registry::collector_lock)
 //!   palisade.lock         held by a running `palisade serve`
 //! ```
 

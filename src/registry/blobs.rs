@@ -11,8 +11,12 @@
 //! was verified and which was fsynced first; the directory is fsynced after the rename. So a
 //! file under `blobs/` always holds exactly the content its name says, even after a crash or
 //! power loss. A digest already present is never written a second time. Only the registry
-//! module calls this; which repositories hold a blob is recorded in the store, not here.
+//! module writes through [`BlobStore`]; `palisade admin` (backup, restore, check) uses the
+//! layout and verification helpers ([`blob_relative_path`], [`digest_of_relative_path`],
+//! [`HashingReader`], [`hash_file`]). Which repositories hold a blob is recorded in the
+//! store, not here.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use axum::body::Bytes;
@@ -43,6 +47,67 @@ fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Er
         path: path.to_path_buf(),
         source,
     }
+}
+
+/// Where blob `d` lives relative to the registry's root: `blobs/sha256/<2 hex>/<64 hex>`.
+pub fn blob_relative_path(d: &Digest) -> PathBuf {
+    let hex = d.hex();
+    Path::new("blobs").join("sha256").join(&hex[..2]).join(hex)
+}
+
+/// The digest a path relative to the registry's root names, if the path has exactly the form
+/// `blobs/sha256/<2 hex>/<64 hex>` (lower-case, the 2 hex being the first two of the 64).
+/// Anything else (`..`, `./`, extra slashes, upper case) is `None`: names from a backup
+/// archive are untrusted input.
+pub fn digest_of_relative_path(rel: &str) -> Option<Digest> {
+    let rest = rel.strip_prefix("blobs/sha256/")?;
+    let (prefix, hex) = rest.split_once('/')?;
+    if prefix.len() != 2 || !hex.starts_with(prefix) {
+        return None;
+    }
+    // Digest::parse checks 64 lower-case hex digits, so `hex` cannot hold another `/`.
+    Digest::parse(&format!("sha256:{hex}")).ok()
+}
+
+/// A reader that hashes (and counts) every byte read through it, so content can be verified
+/// against its digest while it is streamed elsewhere.
+pub struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl<R: Read> HashingReader<R> {
+    /// Hash what is read from `inner`.
+    pub fn new(inner: R) -> Self {
+        HashingReader {
+            inner,
+            hasher: Sha256::new(),
+            bytes: 0,
+        }
+    }
+
+    /// The digest of the bytes read so far, and their number.
+    pub fn finish(self) -> (Digest, u64) {
+        (Digest::from_hasher(self.hasher), self.bytes)
+    }
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+}
+
+/// The digest and size of the file at `path`, read in chunks (blobs can be gigabytes).
+pub fn hash_file(path: &Path) -> Result<(Digest, u64)> {
+    let file = std::fs::File::open(path).map_err(io("open blob", path))?;
+    let mut reader = HashingReader::new(std::io::BufReader::with_capacity(READ_CHUNK, file));
+    std::io::copy(&mut reader, &mut std::io::sink()).map_err(io("read blob", path))?;
+    Ok(reader.finish())
 }
 
 /// Why appending a request body to an upload stopped.
@@ -468,6 +533,47 @@ mod tests {
         let (rehashed, n) = store.hash_upload(&id).await.expect("rehash");
         assert_eq!(n, 3);
         assert_eq!(Digest::from_hasher(rehashed), Digest::of(b"abc"));
+    }
+
+    #[test]
+    fn only_exact_blob_paths_name_a_digest() {
+        let d = Digest::of(b"x");
+        let hex = d.hex().to_string();
+        let rel = blob_relative_path(&d);
+        assert_eq!(rel, Path::new(&format!("blobs/sha256/{}/{hex}", &hex[..2])));
+        let rel = rel.to_str().expect("utf-8").to_string();
+        assert_eq!(digest_of_relative_path(&rel), Some(d));
+        for bad in [
+            format!("blobs/sha256/{}/{}", &hex[2..4], hex),
+            format!("blobs/sha256/{}/{}", &hex[..2], hex.to_uppercase()),
+            format!("blobs/sha256/{}//{hex}", &hex[..2]),
+            format!("./blobs/sha256/{}/{hex}", &hex[..2]),
+            format!("blobs/sha256/../{}/{hex}", &hex[..2]),
+            format!("blobs/sha256/{}/{hex}/x", &hex[..2]),
+            format!("blobs/sha512/{}/{hex}", &hex[..2]),
+            format!("blobs/sha256/{}/{}", &hex[..2], &hex[..63]),
+            format!("blobs/sha256/{hex}"),
+            "blobs/sha256/".to_string(),
+        ] {
+            assert_eq!(digest_of_relative_path(&bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn hashing_reader_and_hash_file_agree_with_the_digest() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let content = vec![7u8; READ_CHUNK * 2 + 3];
+        let path = dir.path().join("f");
+        std::fs::write(&path, &content).expect("write");
+        assert_eq!(
+            hash_file(&path).expect("hash"),
+            (Digest::of(&content), content.len() as u64)
+        );
+        let mut r = HashingReader::new(&content[..]);
+        let mut out = Vec::new();
+        r.read_to_end(&mut out).expect("read");
+        assert_eq!(out, content);
+        assert_eq!(r.finish().0, Digest::of(&content));
     }
 
     #[tokio::test]

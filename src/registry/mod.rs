@@ -13,6 +13,7 @@
 //! (`NAME_UNKNOWN`, 404), never 403.
 
 pub mod blobs;
+pub mod collector_lock;
 pub mod errors;
 mod handlers;
 pub mod manifests;
@@ -20,7 +21,7 @@ pub mod names;
 pub mod uploads;
 
 use std::collections::HashSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use axum::routing::any;
@@ -30,6 +31,7 @@ use crate::api::AppState;
 use crate::model::{BindingScope, Principal, Role};
 use crate::store::{RegistryScope, Store};
 use blobs::BlobStore;
+use collector_lock::CollectorLock;
 use errors::RegistryError;
 use names::{Digest, RepoName};
 use uploads::UploadTracker;
@@ -42,6 +44,8 @@ pub const MAX_OPEN_UPLOADS: u64 = 1024;
 pub const UPLOAD_MAX_IDLE: Duration = Duration::from_secs(24 * 3600);
 /// How often `palisade serve` collects garbage (and once this long after start).
 pub const GC_INTERVAL: Duration = Duration::from_secs(3600);
+/// How often a collection waiting for a backup to finish tries the lock again.
+const BACKUP_POLL: Duration = Duration::from_millis(500);
 
 /// The registry's state: one per running appliance, in `App`.
 pub struct Registry {
@@ -52,6 +56,8 @@ pub struct Registry {
     /// transaction commits; held exclusively by the collector. So the collector never deletes
     /// a blob that is about to be linked.
     gc: tokio::sync::RwLock<()>,
+    /// The registry's root, where the cross-process [`CollectorLock`] lives.
+    root: PathBuf,
 }
 
 /// What one garbage collection removed.
@@ -72,6 +78,7 @@ impl Registry {
             blobs: BlobStore::open(root)?,
             uploads: UploadTracker::default(),
             gc: tokio::sync::RwLock::new(()),
+            root: root.to_path_buf(),
         })
     }
 
@@ -87,7 +94,10 @@ impl Registry {
     ///   are removed (which unlinks their blobs).
     ///
     /// Runs under the exclusive side of the collector's lock, so no upload commit, mount or
-    /// manifest put is between "file present" and "link committed" while it decides.
+    /// manifest put is between "file present" and "link committed" while it decides; and
+    /// under the exclusive side of the cross-process [`CollectorLock`], so it never runs
+    /// while `palisade admin backup` copies (or `admin check` reads) the blobs a database
+    /// snapshot references. It waits for such a task to finish first.
     pub async fn collect_garbage(&self, store: &Store) -> Result<GcReport, RegistryError> {
         self.collect_garbage_idle_before(store, crate::model::now() - UPLOAD_MAX_IDLE)
             .await
@@ -99,6 +109,9 @@ impl Registry {
         store: &Store,
         idle_before: crate::model::Timestamp,
     ) -> Result<GcReport, RegistryError> {
+        // The file lock first, then the in-process one: pushes only ever take the latter, so
+        // waiting for a backup here never holds pushes up.
+        let _no_backup = self.exclude_backups().await?;
         let _exclusive = self.gc.write().await;
         let busy: HashSet<String> = self
             .uploads
@@ -140,6 +153,22 @@ impl Registry {
             }
         }
         Ok(report)
+    }
+
+    /// Take the exclusive side of the cross-process lock, polling (without blocking a thread)
+    /// while a backup or check holds the shared side.
+    async fn exclude_backups(&self) -> Result<CollectorLock, RegistryError> {
+        let mut logged = false;
+        loop {
+            if let Some(lock) = CollectorLock::try_exclusive(&self.root)? {
+                return Ok(lock);
+            }
+            if !logged {
+                tracing::info!("registry garbage collection waits for a running palisade admin backup or check");
+                logged = true;
+            }
+            tokio::time::sleep(BACKUP_POLL).await;
+        }
     }
 }
 
@@ -491,6 +520,37 @@ mod tests {
                 .expect("read"),
             None
         );
+    }
+
+    #[tokio::test]
+    async fn collector_waits_for_a_backup_holding_the_file_lock() {
+        let f = fixture();
+        let a = f
+            .store
+            .registry_ensure_repository("", "shared/a")
+            .await
+            .expect("repo");
+        let d = push_blob(&f, a, b"backed up").await;
+        // What admin backup does, in another process: hold the shared side from its snapshot
+        // until its copy ends. Meanwhile the blob loses its last reference.
+        let backup = CollectorLock::shared(&f.registry.root, || panic!("no collection runs"))
+            .expect("shared");
+        f.store
+            .registry_unlink_blob(a, d.as_str())
+            .await
+            .expect("unlink");
+        let gc = f.registry.collect_garbage(&f.store);
+        tokio::pin!(gc);
+        let early = tokio::time::timeout(Duration::from_millis(300), &mut gc).await;
+        assert!(early.is_err(), "the collector ran during a backup");
+        assert!(f.registry.blobs.has_blob(&d).await);
+        drop(backup);
+        let r = tokio::time::timeout(Duration::from_secs(10), gc)
+            .await
+            .expect("collector finished")
+            .expect("gc");
+        assert_eq!(r.blobs, 1);
+        assert!(!f.registry.blobs.has_blob(&d).await);
     }
 
     #[tokio::test]

@@ -1,4 +1,5 @@
-//! Online backup and verified restore of the database file.
+//! Online backup and verified restore of the database file, and what a backup snapshot says
+//! about the registry's blobs. Called by `palisade admin backup` and `restore`.
 
 use std::path::Path;
 
@@ -63,6 +64,30 @@ pub fn restore_from(path: &Path) -> Result<i64> {
         });
     }
     Ok(version)
+}
+
+/// The registry blobs the database *file* at `path` (a backup snapshot, not the live
+/// database) references, by digest then repository. A database from before the registry
+/// (schema version 1) references none.
+pub fn referenced_blobs(path: &Path) -> Result<Vec<super::BlobReference>> {
+    let conn =
+        Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(|source| {
+            Error::Open {
+                path: path.to_path_buf(),
+                source,
+            }
+        })?;
+    let has_registry: bool = conn
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'registry_manifest_refs')",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(Error::sql("look for the registry tables"))?;
+    if !has_registry {
+        return Ok(Vec::new());
+    }
+    super::registry::blob_references(&conn)
 }
 
 fn check_file(conn: &Connection) -> Result<()> {

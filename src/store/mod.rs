@@ -21,13 +21,13 @@ mod users;
 
 pub use audit::{AuditEntry, AuditFilter, AuditRecord, ChainReport};
 pub use auth::{LoginCandidate, LoginOutcome, SessionInfo, SESSION_TTL};
-pub use backup::{backup_to, restore_from};
+pub use backup::{backup_to, referenced_blobs, restore_from};
 pub use clusters::ClusterFilter;
 pub use error::{Error, Result};
 pub use migrations::SCHEMA_VERSION;
 pub use registry::{
-    CollectedRows, DeleteManifest, NewManifest, PutManifest, Referrer, RegistryScope,
-    RegistryUpload, StoredManifest, UnlinkBlob,
+    BlobReference, CollectedRows, DeleteManifest, NewManifest, PutManifest, Referrer,
+    RegistryScope, RegistryUpload, StoredManifest, UnlinkBlob,
 };
 
 use std::path::{Path, PathBuf};

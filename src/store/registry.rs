@@ -85,6 +85,16 @@ pub struct RegistryScope {
     pub tenants: Vec<String>,
 }
 
+/// One reason a blob must be kept: repository `repository` links it, or one of that
+/// repository's manifests is it or references it. What backups copy and `admin check` verifies.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct BlobReference {
+    /// The blob's digest, `sha256:<64 hex>`.
+    pub digest: String,
+    /// Full name of the repository holding it (`shared/app`, `acme/app`).
+    pub repository: String,
+}
+
 /// An open upload.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RegistryUpload {
@@ -128,6 +138,33 @@ fn insert_blob_row(tx: &Transaction<'_>, digest: &str, size: u64, at: Timestamp)
     )
     .map_err(Error::sql("record blob"))?;
     Ok(())
+}
+
+/// Every blob a repository needs, by digest then repository: the same rule as the collector's
+/// (a link, a manifest that is the blob, or a manifest that references it), so the set is
+/// exactly what the collector would keep. Used on the live database and on backup snapshots.
+pub(super) fn blob_references(c: &Connection) -> Result<Vec<BlobReference>> {
+    let mut stmt = c
+        .prepare(
+            "SELECT x.digest, r.name FROM (
+                 SELECT repository_id, digest FROM registry_blob_links
+                 UNION SELECT repository_id, digest FROM registry_manifests
+                 UNION SELECT repository_id, child_digest FROM registry_manifest_refs
+             ) x JOIN registry_repositories r ON r.id = x.repository_id
+             ORDER BY x.digest, r.name",
+        )
+        .map_err(Error::sql("list referenced blobs"))?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok(BlobReference {
+                digest: r.get(0)?,
+                repository: r.get(1)?,
+            })
+        })
+        .map_err(Error::sql("list referenced blobs"))?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(Error::sql("list referenced blobs"))?;
+    Ok(rows)
 }
 
 /// Keep `n` within what a page may hold, and make sure `n + 1` stays representable.
@@ -669,6 +706,12 @@ impl Store {
         .await
     }
 
+    /// Every blob some repository needs, with the repositories that need it (see
+    /// [`BlobReference`]), for `palisade admin check`.
+    pub async fn registry_blob_references(&self) -> Result<Vec<BlobReference>> {
+        self.read(blob_references).await
+    }
+
     /// Every recorded blob digest, for the collector's sweep of stray blob files.
     pub async fn registry_blob_digests(&self) -> Result<Vec<String>> {
         self.read(|c| {
@@ -880,5 +923,47 @@ mod tests {
             s.registry_unlink_blob(repo, &d(1)).await.expect("unlink"),
             UnlinkBlob::Unlinked
         );
+    }
+
+    #[tokio::test]
+    async fn blob_references_are_what_the_collector_keeps_also_in_a_snapshot() {
+        let (dir, s) = store();
+        let a = s
+            .registry_ensure_repository("", "shared/a")
+            .await
+            .expect("repo");
+        let b = s
+            .registry_ensure_repository("t1", "acme/b")
+            .await
+            .expect("repo");
+        s.registry_commit_blob(a, None, &d(1), 3)
+            .await
+            .expect("blob");
+        s.registry_put_manifest(a, manifest(d(9), vec![d(1)], None), Some("v1"))
+            .await
+            .expect("put");
+        s.registry_mount_blob(a, b, &d(1)).await.expect("mount");
+        // Recorded but no longer referenced: the collector would delete it, a backup skips it.
+        s.registry_commit_blob(b, None, &d(2), 3)
+            .await
+            .expect("blob");
+        s.registry_unlink_blob(b, &d(2)).await.expect("unlink");
+        let r = |digest: String, repository: &str| BlobReference {
+            digest,
+            repository: repository.into(),
+        };
+        let expected = vec![r(d(1), "acme/b"), r(d(1), "shared/a"), r(d(9), "shared/a")];
+        assert_eq!(s.registry_blob_references().await.expect("refs"), expected);
+        let snapshot = dir.path().join("snapshot.db");
+        crate::store::backup_to(s.path(), &snapshot).expect("backup");
+        assert_eq!(
+            crate::store::referenced_blobs(&snapshot).expect("refs"),
+            expected
+        );
+        let v1 = dir.path().join("v1.db");
+        rusqlite::Connection::open(&v1)
+            .and_then(|c| c.execute_batch("PRAGMA user_version = 1; CREATE TABLE users (id TEXT);"))
+            .expect("v1 database");
+        assert_eq!(crate::store::referenced_blobs(&v1).expect("refs"), vec![]);
     }
 }

@@ -5,6 +5,7 @@ mod support;
 mod admin_cli;
 mod api_errors;
 mod auth;
+mod backup;
 mod browser;
 mod durability;
 mod openapi;

@@ -8,8 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use reqwest::header::HeaderMap;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
+use sha2::{Digest as _, Sha256};
 
 /// Password used for accounts the tests create.
 pub const PASSWORD: &str = "correct-horse-battery-staple";
@@ -452,4 +454,168 @@ pub fn run_cli(args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+// OCI registry helpers, shared by the registry and backup tests.
+
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+pub const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+pub const OCI_EMPTY: &str = "application/vnd.oci.empty.v1+json";
+
+/// `sha256:<hex>` of `bytes`.
+pub fn sha256(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// One registry answer.
+pub struct Res {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Res {
+    /// The body as JSON (Null when it is not).
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+
+    /// The first OCI error code of the body.
+    pub fn code(&self) -> String {
+        self.json()["errors"][0]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// A header as text (empty when absent).
+    pub fn header(&self, name: &str) -> String {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// Status and the start of the body, for assertion messages.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} {}",
+            self.status,
+            String::from_utf8_lossy(&self.body[..self.body.len().min(500)])
+        )
+    }
+}
+
+/// Send a registry request with the client's token as a bearer token.
+pub async fn call(
+    api: &Api,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<Vec<u8>>,
+) -> Res {
+    let url = if path.starts_with("http") {
+        path.to_string()
+    } else {
+        format!("{}{path}", api.base)
+    };
+    let mut req = api.client.request(method, url);
+    if let Some(t) = &api.token {
+        req = req.bearer_auth(t);
+    }
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    if let Some(b) = body {
+        req = req.body(b);
+    }
+    let res = req.send().await.expect("request");
+    let status = res.status();
+    let headers = res.headers().clone();
+    let body = res.bytes().await.expect("body").to_vec();
+    Res {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// Push `content` to `repo` in one POST; returns its digest.
+pub async fn push_blob(api: &Api, repo: &str, content: &[u8]) -> String {
+    let d = sha256(content);
+    let r = call(
+        api,
+        Method::POST,
+        &format!("/v2/{repo}/blobs/uploads/?digest={d}"),
+        &[("content-type", "application/octet-stream")],
+        Some(content.to_vec()),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "push blob: {}", r.describe());
+    assert_eq!(r.header("docker-content-digest"), d);
+    d
+}
+
+/// Push manifest `m` (of `media_type`) to `repo` as `reference`; returns the response.
+pub async fn put_manifest(
+    api: &Api,
+    repo: &str,
+    reference: &str,
+    media_type: &str,
+    m: &Value,
+) -> Res {
+    call(
+        api,
+        Method::PUT,
+        &format!("/v2/{repo}/manifests/{reference}"),
+        &[("content-type", media_type)],
+        Some(serde_json::to_vec(m).expect("json")),
+    )
+    .await
+}
+
+/// Push a small image (config and one layer) to `repo:tag`; returns (manifest digest, layer).
+pub async fn push_image(api: &Api, repo: &str, tag: &str, seed: &str) -> (String, String) {
+    let config = format!(r#"{{"architecture":"amd64","os":"linux","seed":"{seed}"}}"#);
+    let layer = format!("layer of {seed}").into_bytes();
+    let c = push_blob(api, repo, config.as_bytes()).await;
+    let l = push_blob(api, repo, &layer).await;
+    let m = json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": c, "size": config.len()},
+        "layers": [{"mediaType": OCI_LAYER, "digest": l, "size": layer.len()}]
+    });
+    let r = put_manifest(api, repo, tag, OCI_MANIFEST, &m).await;
+    assert_eq!(
+        r.status,
+        StatusCode::CREATED,
+        "push manifest: {}",
+        r.describe()
+    );
+    (r.header("docker-content-digest"), l)
+}
+
+/// Every file under `dir`, recursively.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
 }
