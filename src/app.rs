@@ -91,6 +91,13 @@ pub async fn start(config: ServeConfig) -> Result<Appliance, Error> {
     let store = tokio::task::spawn_blocking(move || Store::open(&db_path, key))
         .await
         .map_err(|_| Error::Store(crate::store::Error::Poisoned))??;
+    let interrupted = store.recover_pending_audit().await?;
+    if interrupted > 0 {
+        tracing::warn!(
+            requests = interrupted,
+            "audited requests that were in flight when the appliance stopped (outcome: interrupted)"
+        );
+    }
     let pki = Pki::load_or_create(&dir.pki_dir())?;
     let registry = crate::registry::Registry::open(&dir.registry_dir())?;
     let identity = match (&config.tls_cert, &config.tls_key) {

@@ -254,6 +254,20 @@ pub async fn audit(State(app): State<AppState>, req: Request, next: Next) -> Res
         .get::<RequestId>()
         .map(|r| r.0.clone())
         .unwrap_or_default();
+    // Recorded before the handler can change anything: a crash after its change commits but
+    // before the entry below is appended still leaves an entry (see recover_pending_audit).
+    let pending = AuditEntry {
+        actor: actor.clone(),
+        action: action.clone(),
+        object: path.clone(),
+        source: source.clone(),
+        outcome: String::new(),
+        request_id: request_id.clone(),
+    };
+    if let Err(e) = app.store.begin_audit(pending).await {
+        tracing::error!(error = %e, "cannot record a pending audit entry; request refused");
+        return ApiError::internal(e).into_response();
+    }
     let res = next.run(req).await;
     let status = res.status();
     let outcome = if status.is_success() || status.is_redirection() {

@@ -196,42 +196,105 @@ fn verify(c: &Connection) -> Result<ChainReport> {
     Ok(ChainReport { entries, problem })
 }
 
+/// Append `entry` to the chain inside the caller's transaction.
+fn append_tx(tx: &Connection, entry: AuditEntry, at: Timestamp) -> Result<AuditRecord> {
+    let head: Option<(i64, String)> = tx
+        .query_row("SELECT seq, hash FROM audit_head WHERE id = 1", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()
+        .map_err(Error::sql("read audit head"))?;
+    let (prev_seq, prev_hash) = head.unwrap_or((0, GENESIS.to_string()));
+    let seq = prev_seq + 1;
+    let hash = content_hash(&prev_hash, seq, to_millis(at), &entry);
+    tx.execute(
+        "INSERT INTO audit_log (seq, at, actor, action, object, source, outcome, request_id, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        params![seq, to_millis(at), entry.actor, entry.action, entry.object, entry.source, entry.outcome, entry.request_id, prev_hash, hash],
+    )
+    .map_err(Error::sql("append audit entry"))?;
+    tx.execute(
+        "INSERT INTO audit_head (id, seq, hash) VALUES (1, ?, ?) ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+        params![seq, hash],
+    )
+    .map_err(Error::sql("update audit head"))?;
+    Ok(AuditRecord {
+        seq,
+        at,
+        actor: entry.actor,
+        action: entry.action,
+        object: entry.object,
+        source: entry.source,
+        outcome: entry.outcome,
+        request_id: entry.request_id,
+        prev_hash,
+        hash,
+    })
+}
+
 impl Store {
-    /// Append an entry to the chain.
+    /// Record that a mutating requestimpl Store {
+    /// Record that a mutating request is about to run, before it can change anything; its
+    /// chained entry (`append_audit`) replaces this record. See `recover_pending_audit`.
+    pub async fn begin_audit(&self, entry: AuditEntry) -> Result<()> {
+        self.write(move |tx, _| {
+            tx.execute(
+                "INSERT OR REPLACE INTO audit_pending (request_id, at, actor, action, object, source) VALUES (?, ?, ?, ?, ?, ?)",
+                params![entry.request_id, to_millis(now()), entry.actor, entry.action, entry.object, entry.source],
+            )
+            .map_err(Error::sql("record pending audit entry"))?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Append an entry to the chain (and drop its pending record, in the same transaction).
     pub async fn append_audit(&self, entry: AuditEntry) -> Result<AuditRecord> {
         self.write(move |tx, _| {
-            let head: Option<(i64, String)> = tx
-                .query_row("SELECT seq, hash FROM audit_head WHERE id = 1", [], |r| {
-                    Ok((r.get(0)?, r.get(1)?))
-                })
-                .optional()
-                .map_err(Error::sql("read audit head"))?;
-            let (prev_seq, prev_hash) = head.unwrap_or((0, GENESIS.to_string()));
-            let seq = prev_seq + 1;
-            let at = now();
-            let hash = content_hash(&prev_hash, seq, to_millis(at), &entry);
             tx.execute(
-                "INSERT INTO audit_log (seq, at, actor, action, object, source, outcome, request_id, prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                params![seq, to_millis(at), entry.actor, entry.action, entry.object, entry.source, entry.outcome, entry.request_id, prev_hash, hash],
+                "DELETE FROM audit_pending WHERE request_id = ?",
+                [&entry.request_id],
             )
-            .map_err(Error::sql("append audit entry"))?;
-            tx.execute(
-                "INSERT INTO audit_head (id, seq, hash) VALUES (1, ?, ?) ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
-                params![seq, hash],
-            )
-            .map_err(Error::sql("update audit head"))?;
-            Ok(AuditRecord {
-                seq,
-                at,
-                actor: entry.actor,
-                action: entry.action,
-                object: entry.object,
-                source: entry.source,
-                outcome: entry.outcome,
-                request_id: entry.request_id,
-                prev_hash,
-                hash,
-            })
+            .map_err(Error::sql("drop pending audit entry"))?;
+            append_tx(tx, entry, now())
+        })
+        .await
+    }
+
+    /// Turn the pending records of requests that were in flight when the appliance stopped
+    /// into chained entries with an "interrupted" outcome; returns how many. Run at start,
+    /// before serving.
+    pub async fn recover_pending_audit(&self) -> Result<usize> {
+        self.write(|tx, _| {
+            let pending = {
+                let mut stmt = tx
+                    .prepare("SELECT request_id, at, actor, action, object, source FROM audit_pending ORDER BY at, request_id")
+                    .map_err(Error::sql("read pending audit entries"))?;
+                let rows = stmt
+                    .query_map([], |r| {
+                        Ok((
+                            r.get::<_, i64>(1)?,
+                            AuditEntry {
+                                request_id: r.get(0)?,
+                                actor: r.get(2)?,
+                                action: r.get(3)?,
+                                object: r.get(4)?,
+                                source: r.get(5)?,
+                                outcome: "interrupted: the appliance stopped before answering; check the object".into(),
+                            },
+                        ))
+                    })
+                    .map_err(Error::sql("read pending audit entries"))?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+                    .map_err(Error::sql("read pending audit entries"))?;
+                rows
+            };
+            let n = pending.len();
+            for (at, entry) in pending {
+                append_tx(tx, entry, from_millis(at))?;
+            }
+            tx.execute("DELETE FROM audit_pending", [])
+                .map_err(Error::sql("clear pending audit entries"))?;
+            Ok(n)
         })
         .await
     }
@@ -343,6 +406,53 @@ mod tests {
 
     fn raw(dir: &tempfile::TempDir) -> Connection {
         Connection::open(dir.path().join("db")).expect("raw")
+    }
+
+    #[tokio::test]
+    async fn requests_in_flight_at_a_crash_become_interrupted_entries() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("db");
+        let key = SealingKey::from_bytes(&[1; 32]);
+        {
+            let store = Store::open(&path, key.clone()).expect("open");
+            store.append_audit(entry(0)).await.expect("append");
+            // Finished request: its pending record goes with the chained entry.
+            store.begin_audit(entry(1)).await.expect("begin");
+            store
+                .append_audit(AuditEntry {
+                    outcome: "success 201".into(),
+                    ..entry(1)
+                })
+                .await
+                .expect("append");
+            // In flight when the process dies.
+            store
+                .begin_audit(AuditEntry {
+                    outcome: String::new(),
+                    ..entry(2)
+                })
+                .await
+                .expect("begin");
+        }
+        let store = Store::open(&path, key).expect("reopen");
+        assert_eq!(store.recover_pending_audit().await.expect("recover"), 1);
+        assert_eq!(
+            store.recover_pending_audit().await.expect("again"),
+            0,
+            "recovered once"
+        );
+        let all = store
+            .list_audit(AuditFilter::default())
+            .await
+            .expect("list");
+        assert_eq!(all.len(), 3);
+        assert_eq!(all[2].request_id, "r2");
+        assert!(
+            all[2].outcome.starts_with("interrupted"),
+            "{}",
+            all[2].outcome
+        );
+        assert_eq!(store.verify_audit().await.expect("verify").problem, None);
     }
 
     #[tokio::test]

@@ -236,6 +236,19 @@ CREATE TABLE registry_uploads (
 );
 CREATE INDEX registry_uploads_repository ON registry_uploads(repository_id);
 "#,
+    // 3: audit entries of requests in flight. Written before a mutating request runs and removed
+    // in the transaction that appends its chained entry; rows left by a crash become chained
+    // entries at the next start, so no change can reach the database unaudited.
+    r#"
+CREATE TABLE audit_pending (
+    request_id TEXT PRIMARY KEY,
+    at INTEGER NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    object TEXT NOT NULL,
+    source TEXT NOT NULL
+);
+"#,
 ];
 
 /// The schema version this executable writes.

@@ -112,4 +112,26 @@ async fn kill_9_during_writes_loses_no_acknowledged_write() {
         let (status, _) = admin.get(&format!("/v1/tenants/{id}")).await;
         assert_eq!(status, StatusCode::OK, "acknowledged tenant {id} lost");
     }
+    // Every tenant in the database, acknowledged or not, has its audit entry: requests that
+    // were in flight at the kill are recorded as interrupted.
+    let (_, tenants) = admin.get("/v1/tenants?limit=500").await;
+    let stored = tenants["items"].as_array().expect("items").len();
+    let (_, entries) = admin
+        .get("/v1/audit?action=POST%20/v1/tenants&limit=1000")
+        .await;
+    let audited = entries
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter(|e| {
+            let outcome = e["outcome"].as_str().unwrap_or_default();
+            outcome.starts_with("success") || outcome.starts_with("interrupted")
+        })
+        .count();
+    assert!(
+        audited >= stored,
+        "{stored} tenants but only {audited} audited creations"
+    );
+    let (_, report) = admin.get("/v1/audit/verify").await;
+    assert_eq!(report["problem"], serde_json::Value::Null, "{report}");
 }
