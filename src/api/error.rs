@@ -145,6 +145,17 @@ impl ApiError {
     }
 }
 
+/// For an object named by a request field: a 404 of the referenced object (absent, or outside
+/// the caller's scope) becomes a 400 naming the field, as "no such <kind>".
+pub fn referenced<T>(result: Result<T, ApiError>, field: &str) -> Result<T, ApiError> {
+    match result {
+        Err(ApiError::NotFound { kind }) => {
+            Err(Invalid::new(field, format!("no such {kind}")).into())
+        }
+        other => other,
+    }
+}
+
 impl From<Invalid> for ApiError {
     fn from(i: Invalid) -> Self {
         ApiError::Invalid(i)

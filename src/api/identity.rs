@@ -13,7 +13,7 @@ use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::error::{ApiError, Problem};
+use super::error::{referenced, ApiError, Problem};
 use super::extract::{ApiJson, ApiQuery, Auth, Created, IfMatch, Tagged};
 use super::middleware::AuditObject;
 use super::session::hash_password;
@@ -23,6 +23,7 @@ use crate::model::{
     check_id, page_limit, ApiToken, CreatedApiToken, Invalid, NewApiToken, NewRoleBinding, NewUser,
     Page, Principal, Role, RoleBinding, UpdateUser, User, Visibility,
 };
+use crate::store::Found;
 
 /// Routes of this module.
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -96,10 +97,7 @@ async fn check_may_change(
 
 /// A user the caller may see (itself, or one it manages), or 404.
 pub async fn visible_user(app: &AppState, p: &Principal, id: &str) -> Result<User, ApiError> {
-    let user = match app.store.user(id).await {
-        Err(crate::store::Error::NotFound { .. }) => None,
-        other => Some(other?),
-    };
+    let user = app.store.user(id).await.found()?;
     match user {
         Some(u) if u.id == p.user_id || manages_user(p, &u) => Ok(u),
         _ => Err(ApiError::NotFound { kind: "user" }),
@@ -115,12 +113,7 @@ pub async fn add_user(app: &AppState, p: &Principal, new: NewUser) -> Result<Use
         }
         None => {}
         Some(t) => {
-            match visible_tenant(app, p, t).await {
-                Err(ApiError::NotFound { .. }) => {
-                    return Err(Invalid::new("tenant_id", "no such tenant").into())
-                }
-                other => other?,
-            };
+            referenced(visible_tenant(app, p, t).await, "tenant_id")?;
             if !p.administers_tenant(t) {
                 return Err(ApiError::Forbidden(
                     "only admins of the tenant create its users".into(),
@@ -142,12 +135,7 @@ pub async fn add_binding(
     mut new: NewRoleBinding,
 ) -> Result<RoleBinding, ApiError> {
     new.validate()?;
-    let user = match visible_user(app, p, &new.user_id).await {
-        Err(ApiError::NotFound { .. }) => {
-            return Err(Invalid::new("user_id", "no such user").into())
-        }
-        other => other?,
-    };
+    let user = referenced(visible_user(app, p, &new.user_id).await, "user_id")?;
     let tenant = match (new.role, &new.project_id, &new.tenant_id) {
         (Role::SystemAdmin, _, _) => {
             if !p.is_system_admin() {
@@ -158,23 +146,13 @@ pub async fn add_binding(
             None
         }
         (_, Some(project_id), _) => {
-            let project = match visible_project(app, p, project_id).await {
-                Err(ApiError::NotFound { .. }) => {
-                    return Err(Invalid::new("project_id", "no such project").into())
-                }
-                other => other?,
-            };
+            let project = referenced(visible_project(app, p, project_id).await, "project_id")?;
             // A project binding's tenant is the project's, whatever the request said.
             new.tenant_id = Some(project.tenant_id.clone());
             Some(project.tenant_id)
         }
         (_, None, Some(tenant_id)) => {
-            match visible_tenant(app, p, tenant_id).await {
-                Err(ApiError::NotFound { .. }) => {
-                    return Err(Invalid::new("tenant_id", "no such tenant").into())
-                }
-                other => other?,
-            };
+            referenced(visible_tenant(app, p, tenant_id).await, "tenant_id")?;
             Some(tenant_id.clone())
         }
         (_, None, None) => {
@@ -341,10 +319,7 @@ async fn delete_binding(
     Auth(p): Auth,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let b = match app.store.binding(&id).await {
-        Err(crate::store::Error::NotFound { .. }) => None,
-        other => Some(other?),
-    };
+    let b = app.store.binding(&id).await.found()?;
     let b = b
         .filter(|b| {
             p.is_system_admin()
@@ -410,10 +385,7 @@ async fn create_token(
 
 /// Revoke a token now (your own; system admins any).
 pub async fn revoke(app: &AppState, p: &Principal, id: &str) -> Result<ApiToken, ApiError> {
-    let token = match app.store.token(id).await {
-        Err(crate::store::Error::NotFound { .. }) => None,
-        other => Some(other?),
-    };
+    let token = app.store.token(id).await.found()?;
     match token {
         Some(t) if t.user_id == p.user_id || p.is_system_admin() => {
             Ok(app.store.revoke_token(id).await?)

@@ -10,13 +10,14 @@ use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::error::{ApiError, Problem};
+use super::error::{referenced, ApiError, Problem};
 use super::extract::{ApiJson, ApiQuery, Auth, Created, IfMatch, Tagged};
 use super::{list_cache, AppState};
 use crate::model::{
-    check_id, page_limit, Invalid, NewProject, NewTenant, Page, Principal, Project, ProjectScoped,
-    Tenant, UpdateProject, UpdateTenant,
+    check_id, page_limit, NewProject, NewTenant, Page, Principal, Project, ProjectScoped, Tenant,
+    UpdateProject, UpdateTenant,
 };
+use crate::store::Found;
 
 /// Routes of this module.
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -56,10 +57,7 @@ pub async fn visible_tenant(app: &AppState, p: &Principal, id: &str) -> Result<T
 
 /// A project the caller may read, or 404.
 pub async fn visible_project(app: &AppState, p: &Principal, id: &str) -> Result<Project, ApiError> {
-    let project = match app.store.project(id).await {
-        Err(crate::store::Error::NotFound { .. }) => None,
-        other => Some(other?),
-    };
+    let project = app.store.project(id).await.found()?;
     match project {
         Some(project) if p.reads_project(&project.tenant_id, &project.id) => Ok(project),
         _ => Err(ApiError::NotFound { kind: "project" }),
@@ -72,12 +70,7 @@ pub async fn editable_project(
     p: &Principal,
     id: &str,
 ) -> Result<Project, ApiError> {
-    let project = match visible_project(app, p, id).await {
-        Err(ApiError::NotFound { .. }) => {
-            return Err(Invalid::new("project_id", "no such project").into())
-        }
-        other => other?,
-    };
+    let project = referenced(visible_project(app, p, id).await, "project_id")?;
     if !p.edits_project(&project.tenant_id, &project.id) {
         return Err(ApiError::Forbidden(
             "your role in this project is read-only".into(),
@@ -132,12 +125,7 @@ pub async fn add_project(
     new: NewProject,
 ) -> Result<Project, ApiError> {
     new.validate()?;
-    match visible_tenant(app, p, &new.tenant_id).await {
-        Err(ApiError::NotFound { .. }) => {
-            return Err(Invalid::new("tenant_id", "no such tenant").into())
-        }
-        other => other?,
-    };
+    referenced(visible_tenant(app, p, &new.tenant_id).await, "tenant_id")?;
     if !p.administers_tenant(&new.tenant_id) {
         return Err(ApiError::Forbidden(
             "only admins of the tenant create projects".into(),

@@ -146,7 +146,7 @@ impl Store {
     ) -> Result<Page<CloudAccount>> {
         self.read(move |c| {
             let mut q = ListQuery::new();
-            let (cond, params) = super::visibility_clause(&v);
+            let (cond, params) = super::visibility_clause(&v, "project_id");
             q.raw(cond, params);
             q.eq("project_id", project_id.as_deref())
                 .eq("kind", kind.as_deref());

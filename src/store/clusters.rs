@@ -154,7 +154,7 @@ impl Store {
     ) -> Result<Page<Cluster>> {
         self.read(move |c| {
             let mut q = ListQuery::new();
-            let (cond, params) = super::visibility_clause(&v);
+            let (cond, params) = super::visibility_clause(&v, "project_id");
             q.raw(cond, params);
             q.eq("project_id", filter.project_id.as_deref())
                 .eq("name", filter.name.as_deref())

@@ -76,3 +76,19 @@ impl Error {
         }
     }
 }
+
+/// Turns "not found" into `None`, for callers that treat absence as an answer, not an error.
+pub trait Found<T> {
+    /// `Ok(None)` for `Error::NotFound`, everything else unchanged.
+    fn found(self) -> Result<Option<T>>;
+}
+
+impl<T> Found<T> for Result<T> {
+    fn found(self) -> Result<Option<T>> {
+        match self {
+            Ok(v) => Ok(Some(v)),
+            Err(Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}

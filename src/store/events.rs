@@ -65,7 +65,7 @@ impl Store {
     ) -> Result<Page<Event>> {
         self.read(move |c| {
             let mut q = ListQuery::new();
-            let (cond, params) = super::visibility_clause(&v);
+            let (cond, params) = super::visibility_clause(&v, "project_id");
             q.raw(cond, params);
             q.eq("object_id", object_id.as_deref());
             q.page(c, EVENT_COLUMNS, after.as_deref(), limit, event_row, |e| {

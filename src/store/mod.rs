@@ -23,7 +23,7 @@ pub use audit::{AuditEntry, AuditFilter, AuditRecord, ChainReport};
 pub use auth::{LoginCandidate, LoginOutcome, SessionInfo, SESSION_TTL};
 pub use backup::{backup_to, referenced_blobs, restore_from};
 pub use clusters::ClusterFilter;
-pub use error::{Error, Result};
+pub use error::{Error, Found, Result};
 pub use migrations::SCHEMA_VERSION;
 pub use registry::{
     BlobReference, CollectedRows, DeleteManifest, NewManifest, PutManifest, Referrer,
@@ -263,8 +263,9 @@ pub(crate) fn from_millis(ms: i64) -> Timestamp {
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
 }
 
-/// A SQL condition restricting a project-scoped table to what `v` may see, with its parameters.
-pub(crate) fn visibility_clause(v: &Visibility) -> (String, Vec<String>) {
+/// A SQL condition restricting a project-scoped table to what `v` may see, with its parameters;
+/// `project_column` holds the row's project id (`id` for the projects table itself).
+pub(crate) fn visibility_clause(v: &Visibility, project_column: &str) -> (String, Vec<String>) {
     if v.all {
         return ("1".into(), vec![]);
     }
@@ -279,7 +280,7 @@ pub(crate) fn visibility_clause(v: &Visibility) -> (String, Vec<String>) {
     }
     if !v.projects.is_empty() {
         parts.push(format!(
-            "project_id IN ({})",
+            "{project_column} IN ({})",
             vec!["?"; v.projects.len()].join(",")
         ));
         params.extend(v.projects.iter().cloned());

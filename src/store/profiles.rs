@@ -121,7 +121,7 @@ impl Store {
     ) -> Result<Page<Profile>> {
         self.read(move |c| {
             let mut q = ListQuery::new();
-            let (cond, params) = super::visibility_clause(&v);
+            let (cond, params) = super::visibility_clause(&v, "project_id");
             q.raw(cond, params);
             q.eq("project_id", project_id.as_deref())
                 .eq("name", name.as_deref());

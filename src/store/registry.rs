@@ -172,6 +172,17 @@ fn page_limit(n: u32) -> i64 {
     i64::from(n.min(100_000)) + 1
 }
 
+/// A manifest of the repository that references `digest` (a blob or a manifest), if any.
+fn first_referrer(c: &Connection, repository_id: i64, digest: &str) -> Result<Option<String>> {
+    c.query_row(
+        "SELECT manifest_digest FROM registry_manifest_refs WHERE repository_id = ? AND child_digest = ? LIMIT 1",
+        params![repository_id, digest],
+        |r| r.get(0),
+    )
+    .optional()
+    .map_err(Error::sql("read manifest references"))
+}
+
 impl Store {
     /// Id of the tenant named `name`, if one exists (repository namespaces are tenant names).
     pub async fn registry_tenant_id(&self, name: &str) -> Result<Option<String>> {
@@ -402,14 +413,7 @@ impl Store {
             if !is_linked(tx, repository_id, &digest)? {
                 return Ok(UnlinkBlob::NotLinked);
             }
-            let user: Option<String> = tx
-                .query_row(
-                    "SELECT manifest_digest FROM registry_manifest_refs WHERE repository_id = ? AND child_digest = ? LIMIT 1",
-                    params![repository_id, digest],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(Error::sql("read manifest references"))?;
+            let user: Option<String> = first_referrer(tx, repository_id, &digest)?;
             if let Some(manifest) = user {
                 return Ok(UnlinkBlob::Referenced { manifest });
             }
@@ -550,14 +554,7 @@ impl Store {
             if !has_manifest(tx, repository_id, &digest)? {
                 return Ok(DeleteManifest::NotFound);
             }
-            let index: Option<String> = tx
-                .query_row(
-                    "SELECT manifest_digest FROM registry_manifest_refs WHERE repository_id = ? AND child_digest = ? LIMIT 1",
-                    params![repository_id, digest],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(Error::sql("read manifest references"))?;
+            let index: Option<String> = first_referrer(tx, repository_id, &digest)?;
             if let Some(index) = index {
                 return Ok(DeleteManifest::Referenced { index });
             }

@@ -200,28 +200,9 @@ impl Store {
     ) -> Result<Page<Project>> {
         self.read(move |c| {
             let mut q = ListQuery::new();
-            if !v.all {
-                // A project row's own id is its project id.
-                let mut parts = vec![];
-                let mut params = vec![];
-                if !v.tenants.is_empty() {
-                    parts.push(format!(
-                        "tenant_id IN ({})",
-                        vec!["?"; v.tenants.len()].join(",")
-                    ));
-                    params.extend(v.tenants.iter().cloned());
-                }
-                if !v.projects.is_empty() {
-                    parts.push(format!("id IN ({})", vec!["?"; v.projects.len()].join(",")));
-                    params.extend(v.projects.iter().cloned());
-                }
-                let cond = if parts.is_empty() {
-                    "0".to_string()
-                } else {
-                    format!("({})", parts.join(" OR "))
-                };
-                q.raw(cond, params);
-            }
+            // A project row's own id is its project id.
+            let (cond, params) = super::visibility_clause(&v, "id");
+            q.raw(cond, params);
             q.eq("tenant_id", tenant_id.as_deref())
                 .eq("name", name.as_deref());
             q.page(

@@ -10,7 +10,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
 use crate::support::{
-    call, files_under, push_blob, push_image, run_cli, sha256, Api, TestApp, PASSWORD,
+    call, files_under, plain, push_blob, push_image, run_cli, sha256, Api, TestApp, PASSWORD,
 };
 
 /// Where blob `digest` lives in data directory `dir`.
@@ -190,14 +190,7 @@ async fn backup_while_running_then_restore_brings_deleted_images_back_byte_ident
     for digest in before.iter().map(|(d, _)| d).chain([&big_digest]) {
         std::fs::remove_file(blob_file(&dir, digest)).expect("remove blob file");
     }
-    let gone = call(
-        &admin,
-        Method::GET,
-        "/v2/shared/app/manifests/v1",
-        &[],
-        None,
-    )
-    .await;
+    let gone = plain(&admin, Method::GET, "/v2/shared/app/manifests/v1").await;
     assert_eq!(gone.status, StatusCode::NOT_FOUND);
 
     app.stop();
@@ -397,12 +390,10 @@ async fn check_and_backup_name_missing_and_corrupt_blobs() {
         .expect("manifest json");
     let config = m["config"]["digest"].as_str().expect("config").to_string();
     // The same layer in a second repository: a problem names both.
-    let r = call(
+    let r = plain(
         &admin,
         Method::POST,
         &format!("/v2/shared/other/blobs/uploads/?mount={layer}&from=shared/app"),
-        &[],
-        None,
     )
     .await;
     assert_eq!(r.status, StatusCode::CREATED, "mount: {}", r.describe());

@@ -10,8 +10,8 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
 use crate::support::{
-    call, files_under, push_blob, push_image, put_manifest, sha256, tenant_fixture, user_with_role,
-    Api, TestApp, OCI_CONFIG, OCI_EMPTY, OCI_INDEX, OCI_LAYER, OCI_MANIFEST,
+    call, files_under, plain, push_blob, push_image, put_manifest, sha256, tenant_fixture,
+    user_with_role, Api, TestApp, OCI_CONFIG, OCI_EMPTY, OCI_INDEX, OCI_LAYER, OCI_MANIFEST,
 };
 
 fn blob_files(app: &TestApp) -> Vec<PathBuf> {
@@ -28,7 +28,7 @@ async fn unauthenticated_requests_get_a_basic_challenge_and_tokens_work_as_basic
     let admin = app.admin().await;
     let anon = app.anonymous();
     for path in ["/v2/", "/v2/_catalog", "/v2/shared/demo/tags/list"] {
-        let r = call(&anon, Method::GET, path, &[], None).await;
+        let r = plain(&anon, Method::GET, path).await;
         assert_eq!(
             r.status,
             StatusCode::UNAUTHORIZED,
@@ -81,7 +81,7 @@ async fn unauthenticated_requests_get_a_basic_challenge_and_tokens_work_as_basic
     .await;
     assert_eq!(ok.status, StatusCode::OK, "{}", ok.describe());
     assert_eq!(ok.header("docker-distribution-api-version"), "registry/2.0");
-    let bearer = call(&admin, Method::GET, "/v2/", &[], None).await;
+    let bearer = plain(&admin, Method::GET, "/v2/").await;
     assert_eq!(bearer.status, StatusCode::OK);
     // The REST API does not take Basic; the registry does not take console sessions.
     let r = call(
@@ -94,7 +94,7 @@ async fn unauthenticated_requests_get_a_basic_challenge_and_tokens_work_as_basic
     .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     let session = app.login("admin", crate::support::PASSWORD).await;
-    let r = call(&session, Method::GET, "/v2/", &[], None).await;
+    let r = plain(&session, Method::GET, "/v2/").await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.describe());
     let (status, _) = session.get("/v1/tenants").await;
     assert_eq!(status, StatusCode::OK, "the session itself works on /v1");
@@ -106,14 +106,7 @@ async fn chunked_upload_refuses_out_of_order_ranges_and_assembles_chunks_in_orde
     let admin = app.admin().await;
     let content: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
     let digest = sha256(&content);
-    let start = call(
-        &admin,
-        Method::POST,
-        "/v2/shared/chunks/blobs/uploads/",
-        &[],
-        None,
-    )
-    .await;
+    let start = plain(&admin, Method::POST, "/v2/shared/chunks/blobs/uploads/").await;
     assert_eq!(start.status, StatusCode::ACCEPTED, "{}", start.describe());
     assert_eq!(start.header("range"), "0-0");
     let location = start.header("location");
@@ -163,7 +156,7 @@ async fn chunked_upload_refuses_out_of_order_ranges_and_assembles_chunks_in_orde
     // A chunk whose body disagrees with its Content-Range is refused and changes nothing.
     let r = patch("1000-1999".into(), content[1000..1500].to_vec()).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.describe());
-    let status = call(&admin, Method::GET, &location, &[], None).await;
+    let status = plain(&admin, Method::GET, &location).await;
     assert_eq!(status.status, StatusCode::NO_CONTENT);
     assert_eq!(status.header("range"), "0-999");
 
@@ -171,63 +164,43 @@ async fn chunked_upload_refuses_out_of_order_ranges_and_assembles_chunks_in_orde
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.describe());
     assert_eq!(r.header("range"), "0-2999");
     // Nothing is visible before the upload is completed.
-    let head = call(
+    let head = plain(
         &admin,
         Method::HEAD,
         &format!("/v2/shared/chunks/blobs/{digest}"),
-        &[],
-        None,
     )
     .await;
     assert_eq!(head.status, StatusCode::NOT_FOUND);
-    let done = call(
-        &admin,
-        Method::PUT,
-        &format!("{location}?digest={digest}"),
-        &[],
-        None,
-    )
-    .await;
+    let done = plain(&admin, Method::PUT, &format!("{location}?digest={digest}")).await;
     assert_eq!(done.status, StatusCode::CREATED, "{}", done.describe());
     assert_eq!(done.header("docker-content-digest"), digest);
     assert_eq!(
         done.header("location"),
         format!("/v2/shared/chunks/blobs/{digest}")
     );
-    let got = call(
+    let got = plain(
         &admin,
         Method::GET,
         &format!("/v2/shared/chunks/blobs/{digest}"),
-        &[],
-        None,
     )
     .await;
     assert_eq!(got.status, StatusCode::OK);
     assert_eq!(got.body, content);
-    let head = call(
+    let head = plain(
         &admin,
         Method::HEAD,
         &format!("/v2/shared/chunks/blobs/{digest}"),
-        &[],
-        None,
     )
     .await;
     assert_eq!(head.status, StatusCode::OK);
     assert_eq!(head.header("content-length"), "3000");
     assert_eq!(head.header("docker-content-digest"), digest);
-    let gone = call(&admin, Method::GET, &location, &[], None).await;
+    let gone = plain(&admin, Method::GET, &location).await;
     assert_eq!(gone.status, StatusCode::NOT_FOUND);
     assert_eq!(gone.code(), "BLOB_UPLOAD_UNKNOWN");
 
     // Streamed PATCH without Content-Range, then the last bytes with the PUT.
-    let start = call(
-        &admin,
-        Method::POST,
-        "/v2/shared/chunks/blobs/uploads/",
-        &[],
-        None,
-    )
-    .await;
+    let start = plain(&admin, Method::POST, "/v2/shared/chunks/blobs/uploads/").await;
     let location = start.header("location");
     let r = call(
         &admin,
@@ -253,14 +226,7 @@ async fn chunked_upload_refuses_out_of_order_ranges_and_assembles_chunks_in_orde
     assert!(upload_files(&app).is_empty(), "{:?}", upload_files(&app));
 
     // A cancelled upload leaves nothing behind.
-    let start = call(
-        &admin,
-        Method::POST,
-        "/v2/shared/chunks/blobs/uploads/",
-        &[],
-        None,
-    )
-    .await;
+    let start = plain(&admin, Method::POST, "/v2/shared/chunks/blobs/uploads/").await;
     let location = start.header("location");
     call(
         &admin,
@@ -270,7 +236,7 @@ async fn chunked_upload_refuses_out_of_order_ranges_and_assembles_chunks_in_orde
         Some(b"partial".to_vec()),
     )
     .await;
-    let r = call(&admin, Method::DELETE, &location, &[], None).await;
+    let r = plain(&admin, Method::DELETE, &location).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
     assert!(upload_files(&app).is_empty());
 }
@@ -284,26 +250,12 @@ async fn blobs_larger_than_the_api_body_limit_stream_through_and_manifests_are_c
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
     let d = push_blob(&admin, "shared/large", &content).await;
-    let r = call(
-        &admin,
-        Method::GET,
-        &format!("/v2/shared/large/blobs/{d}"),
-        &[],
-        None,
-    )
-    .await;
+    let r = plain(&admin, Method::GET, &format!("/v2/shared/large/blobs/{d}")).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.body.len(), content.len());
     assert!(r.body == content, "the large blob came back different");
     // Two large chunks.
-    let start = call(
-        &admin,
-        Method::POST,
-        "/v2/shared/large/blobs/uploads/",
-        &[],
-        None,
-    )
-    .await;
+    let start = plain(&admin, Method::POST, "/v2/shared/large/blobs/uploads/").await;
     let location = start.header("location");
     let half = content.len() / 2;
     let r = call(
@@ -324,14 +276,7 @@ async fn blobs_larger_than_the_api_body_limit_stream_through_and_manifests_are_c
     )
     .await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.describe());
-    let r = call(
-        &admin,
-        Method::PUT,
-        &format!("{location}?digest={d}"),
-        &[],
-        None,
-    )
-    .await;
+    let r = plain(&admin, Method::PUT, &format!("{location}?digest={d}")).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.describe());
     assert_eq!(blob_files(&app).len(), 1);
     // A manifest over 4 MiB is refused.
@@ -355,14 +300,7 @@ async fn an_upload_in_progress_survives_a_restart() {
     let admin = app.admin().await;
     let content: Vec<u8> = (0..2000u32).map(|i| (i % 199) as u8).collect();
     let digest = sha256(&content);
-    let start = call(
-        &admin,
-        Method::POST,
-        "/v2/shared/resume/blobs/uploads/",
-        &[],
-        None,
-    )
-    .await;
+    let start = plain(&admin, Method::POST, "/v2/shared/resume/blobs/uploads/").await;
     let location = start.header("location");
     let r = call(
         &admin,
@@ -382,7 +320,7 @@ async fn an_upload_in_progress_survives_a_restart() {
         token: admin.token.clone(),
         csrf: None,
     };
-    let r = call(&admin, Method::GET, &location, &[], None).await;
+    let r = plain(&admin, Method::GET, &location).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.describe());
     assert_eq!(r.header("range"), "0-999");
     let r = call(
@@ -394,21 +332,12 @@ async fn an_upload_in_progress_survives_a_restart() {
     )
     .await;
     assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.describe());
-    let r = call(
-        &admin,
-        Method::PUT,
-        &format!("{location}?digest={digest}"),
-        &[],
-        None,
-    )
-    .await;
+    let r = plain(&admin, Method::PUT, &format!("{location}?digest={digest}")).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.describe());
-    let r = call(
+    let r = plain(
         &admin,
         Method::GET,
         &format!("/v2/shared/resume/blobs/{digest}"),
-        &[],
-        None,
     )
     .await;
     assert_eq!(r.body, content);
@@ -433,35 +362,19 @@ async fn wrong_digest_is_refused_and_nothing_is_stored() {
     assert_eq!(r.code(), "DIGEST_INVALID");
 
     // Chunked, refused at the PUT: the upload is discarded too.
-    let start = call(
-        &admin,
-        Method::POST,
-        "/v2/shared/digests/blobs/uploads/",
-        &[],
-        None,
-    )
-    .await;
+    let start = plain(&admin, Method::POST, "/v2/shared/digests/blobs/uploads/").await;
     let location = start.header("location");
     call(&admin, Method::PATCH, &location, &[], Some(content.clone())).await;
-    let r = call(
-        &admin,
-        Method::PUT,
-        &format!("{location}?digest={claimed}"),
-        &[],
-        None,
-    )
-    .await;
+    let r = plain(&admin, Method::PUT, &format!("{location}?digest={claimed}")).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert_eq!(r.code(), "DIGEST_INVALID");
-    let r = call(&admin, Method::GET, &location, &[], None).await;
+    let r = plain(&admin, Method::GET, &location).await;
     assert_eq!(r.code(), "BLOB_UPLOAD_UNKNOWN");
     for d in [&claimed, &real] {
-        let r = call(
+        let r = plain(
             &admin,
             Method::HEAD,
             &format!("/v2/shared/digests/blobs/{d}"),
-            &[],
-            None,
         )
         .await;
         assert_eq!(r.status, StatusCode::NOT_FOUND, "{d}");
@@ -485,25 +398,16 @@ async fn wrong_digest_is_refused_and_nothing_is_stored() {
         .await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}");
         assert_eq!(r.code(), "DIGEST_INVALID", "{bad}");
-        let r = call(
+        let r = plain(
             &admin,
             Method::GET,
             &format!("/v2/shared/digests/blobs/{bad}"),
-            &[],
-            None,
         )
         .await;
         assert_eq!(r.code(), "DIGEST_INVALID", "{bad}");
     }
     for bad in ["Shared/x", "shared/a..b", "nonamespace"] {
-        let r = call(
-            &admin,
-            Method::GET,
-            &format!("/v2/{bad}/tags/list"),
-            &[],
-            None,
-        )
-        .await;
+        let r = plain(&admin, Method::GET, &format!("/v2/{bad}/tags/list")).await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}");
         assert_eq!(r.code(), "NAME_INVALID", "{bad}");
     }
@@ -540,7 +444,7 @@ async fn range_reads_return_partial_content() {
     .await;
     assert_eq!(r.status, StatusCode::RANGE_NOT_SATISFIABLE);
     assert_eq!(r.header("content-range"), "bytes */1000");
-    let r = call(&admin, Method::GET, &path, &[], None).await;
+    let r = plain(&admin, Method::GET, &path).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.header("accept-ranges"), "bytes");
     assert_eq!(r.body, content);
@@ -557,14 +461,7 @@ async fn manifests_are_served_by_tag_and_digest_and_tags_page_with_n_and_last() 
     let repo = "shared/paged";
     let (digest, layer) = push_image(&admin, repo, "e", "paged").await;
     for tag in ["c", "a", "d", "b"] {
-        let m = call(
-            &admin,
-            Method::GET,
-            &format!("/v2/{repo}/manifests/e"),
-            &[],
-            None,
-        )
-        .await;
+        let m = plain(&admin, Method::GET, &format!("/v2/{repo}/manifests/e")).await;
         let r = call(
             &admin,
             Method::PUT,
@@ -599,14 +496,7 @@ async fn manifests_are_served_by_tag_and_digest_and_tags_page_with_n_and_last() 
         }
     }
 
-    let r = call(
-        &admin,
-        Method::GET,
-        &format!("/v2/{repo}/tags/list?n=2"),
-        &[],
-        None,
-    )
-    .await;
+    let r = plain(&admin, Method::GET, &format!("/v2/{repo}/tags/list?n=2")).await;
     assert_eq!(r.json(), json!({"name": repo, "tags": ["a", "b"]}));
     let link = r.header("link");
     assert_eq!(
@@ -621,7 +511,7 @@ async fn manifests_are_served_by_tag_and_digest_and_tags_page_with_n_and_last() 
         .to_string();
     let mut pages = vec![];
     for _ in 0..10 {
-        let r = call(&admin, Method::GET, &next, &[], None).await;
+        let r = plain(&admin, Method::GET, &next).await;
         assert_eq!(r.status, StatusCode::OK);
         pages.push(r.json()["tags"].clone());
         let link = r.header("link");
@@ -636,118 +526,49 @@ async fn manifests_are_served_by_tag_and_digest_and_tags_page_with_n_and_last() 
             .to_string();
     }
     assert_eq!(pages, vec![json!(["c", "d"]), json!(["e"])]);
-    let r = call(
-        &admin,
-        Method::GET,
-        &format!("/v2/{repo}/tags/list"),
-        &[],
-        None,
-    )
-    .await;
+    let r = plain(&admin, Method::GET, &format!("/v2/{repo}/tags/list")).await;
     assert_eq!(r.json()["tags"], json!(["a", "b", "c", "d", "e"]));
     assert!(r.header("link").is_empty());
-    let r = call(
+    let r = plain(
         &admin,
         Method::GET,
         &format!("/v2/{repo}/tags/list?n=2&last=d"),
-        &[],
-        None,
     )
     .await;
     assert_eq!(r.json()["tags"], json!(["e"]));
-    let r = call(
-        &admin,
-        Method::GET,
-        &format!("/v2/{repo}/tags/list?n=0"),
-        &[],
-        None,
-    )
-    .await;
+    let r = plain(&admin, Method::GET, &format!("/v2/{repo}/tags/list?n=0")).await;
     assert_eq!(r.json()["tags"], json!([]));
-    let r = call(
-        &admin,
-        Method::GET,
-        &format!("/v2/{repo}/tags/list?n=x"),
-        &[],
-        None,
-    )
-    .await;
+    let r = plain(&admin, Method::GET, &format!("/v2/{repo}/tags/list?n=x")).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
 
     // A blob a manifest references cannot be deleted from under it.
-    let r = call(
-        &admin,
-        Method::DELETE,
-        &format!("/v2/{repo}/blobs/{layer}"),
-        &[],
-        None,
-    )
-    .await;
+    let r = plain(&admin, Method::DELETE, &format!("/v2/{repo}/blobs/{layer}")).await;
     assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.describe());
     // Deleting a tag leaves the manifest; deleting the manifest takes every tag with it.
-    let r = call(
-        &admin,
-        Method::DELETE,
-        &format!("/v2/{repo}/manifests/a"),
-        &[],
-        None,
-    )
-    .await;
+    let r = plain(&admin, Method::DELETE, &format!("/v2/{repo}/manifests/a")).await;
     assert_eq!(r.status, StatusCode::ACCEPTED);
-    let r = call(
-        &admin,
-        Method::GET,
-        &format!("/v2/{repo}/manifests/a"),
-        &[],
-        None,
-    )
-    .await;
+    let r = plain(&admin, Method::GET, &format!("/v2/{repo}/manifests/a")).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     assert_eq!(r.code(), "MANIFEST_UNKNOWN");
-    let r = call(
+    let r = plain(
         &admin,
         Method::DELETE,
         &format!("/v2/{repo}/manifests/{digest}"),
-        &[],
-        None,
     )
     .await;
     assert_eq!(r.status, StatusCode::ACCEPTED);
-    let r = call(
-        &admin,
-        Method::GET,
-        &format!("/v2/{repo}/tags/list"),
-        &[],
-        None,
-    )
-    .await;
+    let r = plain(&admin, Method::GET, &format!("/v2/{repo}/tags/list")).await;
     assert_eq!(r.json()["tags"], json!([]));
-    let r = call(
+    let r = plain(
         &admin,
         Method::GET,
         &format!("/v2/{repo}/manifests/{digest}"),
-        &[],
-        None,
     )
     .await;
     assert_eq!(r.code(), "MANIFEST_UNKNOWN");
-    let r = call(
-        &admin,
-        Method::DELETE,
-        &format!("/v2/{repo}/blobs/{layer}"),
-        &[],
-        None,
-    )
-    .await;
+    let r = plain(&admin, Method::DELETE, &format!("/v2/{repo}/blobs/{layer}")).await;
     assert_eq!(r.status, StatusCode::ACCEPTED);
-    let r = call(
-        &admin,
-        Method::GET,
-        &format!("/v2/{repo}/blobs/{layer}"),
-        &[],
-        None,
-    )
-    .await;
+    let r = plain(&admin, Method::GET, &format!("/v2/{repo}/blobs/{layer}")).await;
     assert_eq!(r.code(), "BLOB_UNKNOWN");
 }
 
@@ -781,14 +602,7 @@ async fn manifests_must_reference_content_of_their_own_repository() {
     let mut want = vec![missing.clone(), elsewhere.clone()];
     want.sort();
     assert_eq!(named, want);
-    let r = call(
-        &admin,
-        Method::GET,
-        "/v2/shared/refs/manifests/v1",
-        &[],
-        None,
-    )
-    .await;
+    let r = plain(&admin, Method::GET, "/v2/shared/refs/manifests/v1").await;
     assert_eq!(r.code(), "MANIFEST_UNKNOWN");
 
     for (ct, body, code) in [
@@ -844,12 +658,10 @@ async fn manifests_must_reference_content_of_their_own_repository() {
     )
     .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.describe());
-    let r = call(
+    let r = plain(
         &admin,
         Method::GET,
         &format!("/v2/shared/refs/manifests/{}", sha256(&bytes)),
-        &[],
-        None,
     )
     .await;
     assert_eq!(r.header("content-type"), OCI_INDEX);
@@ -858,12 +670,10 @@ async fn manifests_must_reference_content_of_their_own_repository() {
     let r = put_manifest(&admin, "shared/other", "idx", OCI_INDEX, &index).await;
     assert_eq!(r.code(), "MANIFEST_BLOB_UNKNOWN");
     // The image cannot be deleted while the index references it.
-    let r = call(
+    let r = plain(
         &admin,
         Method::DELETE,
         &format!("/v2/shared/refs/manifests/{image}"),
-        &[],
-        None,
     )
     .await;
     assert_eq!(r.status, StatusCode::CONFLICT);
@@ -875,15 +685,9 @@ async fn referrers_list_the_manifests_whose_subject_is_the_digest() {
     let admin = app.admin().await;
     let repo = "shared/signed";
     let (subject, _) = push_image(&admin, repo, "v1", "signed").await;
-    let subject_size = call(
-        &admin,
-        Method::HEAD,
-        &format!("/v2/{repo}/manifests/v1"),
-        &[],
-        None,
-    )
-    .await
-    .header("content-length");
+    let subject_size = plain(&admin, Method::HEAD, &format!("/v2/{repo}/manifests/v1"))
+        .await
+        .header("content-length");
     let empty = push_blob(&admin, repo, b"{}").await;
     let mut pushed = vec![];
     for (kind, note) in [
@@ -913,12 +717,10 @@ async fn referrers_list_the_manifests_whose_subject_is_the_digest() {
         assert_eq!(r.header("oci-subject"), subject);
         pushed.push((sha256(&bytes), kind, note, bytes.len()));
     }
-    let r = call(
+    let r = plain(
         &admin,
         Method::GET,
         &format!("/v2/{repo}/referrers/{subject}"),
-        &[],
-        None,
     )
     .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.describe());
@@ -935,14 +737,12 @@ async fn referrers_list_the_manifests_whose_subject_is_the_digest() {
         })
         .collect();
     assert_eq!(listed, want);
-    let r = call(
+    let r = plain(
         &admin,
         Method::GET,
         &format!(
             "/v2/{repo}/referrers/{subject}?artifactType=application/vnd.example.signature.v1"
         ),
-        &[],
-        None,
     )
     .await;
     assert_eq!(r.header("oci-filters-applied"), "artifactType");
@@ -950,22 +750,18 @@ async fn referrers_list_the_manifests_whose_subject_is_the_digest() {
     assert_eq!(only.len(), 1);
     assert_eq!(only[0]["digest"], pushed[1].0.as_str());
     // No referrers: an empty index, not an error.
-    let r = call(
+    let r = plain(
         &admin,
         Method::GET,
         &format!("/v2/{repo}/referrers/{}", sha256(b"nothing")),
-        &[],
-        None,
     )
     .await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.json()["manifests"], json!([]));
-    let r = call(
+    let r = plain(
         &admin,
         Method::GET,
         &format!("/v2/{repo}/referrers/sha256:nope"),
-        &[],
-        None,
     )
     .await;
     assert_eq!(r.code(), "DIGEST_INVALID");
@@ -991,7 +787,7 @@ async fn tenant_admin_of_a_cannot_pull_or_see_tenant_b_repositories_but_pulls_sh
     .await;
 
     // Tenant B's repository answers exactly like one that does not exist.
-    let absent = call(&a_admin, Method::GET, "/v2/nosuch/app/tags/list", &[], None).await;
+    let absent = plain(&a_admin, Method::GET, "/v2/nosuch/app/tags/list").await;
     assert_eq!(absent.status, StatusCode::NOT_FOUND);
     assert_eq!(absent.code(), "NAME_UNKNOWN");
     let probes: Vec<(Method, String)> = vec![
@@ -1032,61 +828,38 @@ async fn tenant_admin_of_a_cannot_pull_or_see_tenant_b_repositories_but_pulls_sh
     let r = put_manifest(&a_admin, "regb/app", "v2", OCI_MANIFEST, &json!({})).await;
     assert_eq!(r.code(), "NAME_UNKNOWN");
     // B's manifest is still there for its owner.
-    let r = call(&admin, Method::GET, "/v2/regb/app/manifests/v1", &[], None).await;
+    let r = plain(&admin, Method::GET, "/v2/regb/app/manifests/v1").await;
     assert_eq!(r.status, StatusCode::OK);
 
-    let r = call(&a_admin, Method::GET, "/v2/_catalog", &[], None).await;
+    let r = plain(&a_admin, Method::GET, "/v2/_catalog").await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(
         r.json(),
         json!({"repositories": ["rega/own", "shared/base"]})
     );
-    let r = call(&admin, Method::GET, "/v2/_catalog", &[], None).await;
+    let r = plain(&admin, Method::GET, "/v2/_catalog").await;
     assert_eq!(
         r.json(),
         json!({"repositories": ["rega/own", "regb/app", "shared/base"]})
     );
-    let r = call(
-        &admin,
-        Method::GET,
-        "/v2/_catalog?n=1&last=rega/own",
-        &[],
-        None,
-    )
-    .await;
+    let r = plain(&admin, Method::GET, "/v2/_catalog?n=1&last=rega/own").await;
     assert_eq!(r.json(), json!({"repositories": ["regb/app"]}));
     assert!(r.header("link").contains("last=regb/app"));
 
     // shared/ is readable, not writable, by a tenant admin.
-    let r = call(
-        &a_admin,
-        Method::GET,
-        "/v2/shared/base/manifests/v1",
-        &[],
-        None,
-    )
-    .await;
+    let r = plain(&a_admin, Method::GET, "/v2/shared/base/manifests/v1").await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.header("docker-content-digest"), shared_manifest);
-    let r = call(
-        &a_admin,
-        Method::POST,
-        "/v2/shared/base/blobs/uploads/",
-        &[],
-        None,
-    )
-    .await;
+    let r = plain(&a_admin, Method::POST, "/v2/shared/base/blobs/uploads/").await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
     assert_eq!(r.code(), "DENIED");
 
     // Its own tenant is writable; mounting needs read access to the source.
     push_image(&a_admin, "rega/new", "v1", "new").await;
-    let r = call(
+    let r = plain(
         &a_admin,
         Method::POST,
         &format!("/v2/rega/new/blobs/uploads/?mount={b_layer}&from=regb/app"),
-        &[],
-        None,
     )
     .await;
     assert_eq!(
@@ -1097,31 +870,25 @@ async fn tenant_admin_of_a_cannot_pull_or_see_tenant_b_repositories_but_pulls_sh
     assert!(r
         .header("location")
         .starts_with("/v2/rega/new/blobs/uploads/"));
-    let r = call(
+    let r = plain(
         &a_admin,
         Method::HEAD,
         &format!("/v2/rega/new/blobs/{b_layer}"),
-        &[],
-        None,
     )
     .await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
-    let r = call(
+    let r = plain(
         &a_admin,
         Method::POST,
         &format!("/v2/rega/new/blobs/uploads/?mount={shared_layer}&from=shared/base"),
-        &[],
-        None,
     )
     .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.describe());
     assert_eq!(r.header("docker-content-digest"), shared_layer);
-    let r = call(
+    let r = plain(
         &a_admin,
         Method::GET,
         &format!("/v2/rega/new/blobs/{shared_layer}"),
-        &[],
-        None,
     )
     .await;
     assert_eq!(r.status, StatusCode::OK);
@@ -1152,9 +919,9 @@ async fn viewer_can_pull_but_not_push_and_editor_can_push() {
         json!({"project_id": t.project}),
     )
     .await;
-    let r = call(&viewer, Method::GET, "/v2/regv/app/manifests/v1", &[], None).await;
+    let r = plain(&viewer, Method::GET, "/v2/regv/app/manifests/v1").await;
     assert_eq!(r.status, StatusCode::OK);
-    let r = call(&viewer, Method::GET, "/v2/_catalog", &[], None).await;
+    let r = plain(&viewer, Method::GET, "/v2/_catalog").await;
     assert_eq!(r.json()["repositories"], json!(["regv/app"]));
     for (method, path) in [
         (Method::POST, "/v2/regv/app/blobs/uploads/".to_string()),
@@ -1174,7 +941,7 @@ async fn viewer_can_pull_but_not_push_and_editor_can_push() {
         );
         assert_eq!(r.code(), "DENIED");
     }
-    let m = call(&viewer, Method::GET, "/v2/regv/app/manifests/v1", &[], None).await;
+    let m = plain(&viewer, Method::GET, "/v2/regv/app/manifests/v1").await;
     let r = call(
         &viewer,
         Method::PUT,
@@ -1185,7 +952,7 @@ async fn viewer_can_pull_but_not_push_and_editor_can_push() {
     .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
     assert_eq!(r.code(), "DENIED");
-    let r = call(&viewer, Method::GET, "/v2/regv/app/tags/list", &[], None).await;
+    let r = plain(&viewer, Method::GET, "/v2/regv/app/tags/list").await;
     assert_eq!(r.json()["tags"], json!(["v1"]));
 
     let r = call(
@@ -1198,14 +965,7 @@ async fn viewer_can_pull_but_not_push_and_editor_can_push() {
     .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.describe());
     push_image(&editor, "regv/editor-own", "v1", "editor").await;
-    let r = call(
-        &editor,
-        Method::POST,
-        "/v2/shared/x/blobs/uploads/",
-        &[],
-        None,
-    )
-    .await;
+    let r = plain(&editor, Method::POST, "/v2/shared/x/blobs/uploads/").await;
     assert_eq!(r.code(), "DENIED");
 }
 
@@ -1380,14 +1140,7 @@ async fn skopeo_copies_an_image_in_and_out_mounts_it_inspects_and_deletes_it() {
             .arg(format!("oci:{}:v1", layout.display()))
             .arg(format!("docker://{host}/shared/demo:v1")),
     );
-    let r = call(
-        &admin,
-        Method::GET,
-        "/v2/shared/demo/manifests/v1",
-        &[],
-        None,
-    )
-    .await;
+    let r = plain(&admin, Method::GET, "/v2/shared/demo/manifests/v1").await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.header("docker-content-digest"), manifest);
     assert_eq!(
@@ -1440,14 +1193,7 @@ async fn skopeo_copies_an_image_in_and_out_mounts_it_inspects_and_deletes_it() {
         app.log().contains("blob mounted"),
         "skopeo was expected to mount the blobs from shared/demo"
     );
-    let r = call(
-        &admin,
-        Method::GET,
-        "/v2/shared/copy/manifests/v1",
-        &[],
-        None,
-    )
-    .await;
+    let r = plain(&admin, Method::GET, "/v2/shared/copy/manifests/v1").await;
     assert_eq!(r.header("docker-content-digest"), manifest);
 
     // Inspect.
@@ -1470,32 +1216,16 @@ async fn skopeo_copies_an_image_in_and_out_mounts_it_inspects_and_deletes_it() {
             .arg(&certs)
             .arg(format!("docker://{host}/shared/copy:v1")),
     );
-    let r = call(
-        &admin,
-        Method::GET,
-        "/v2/shared/copy/manifests/v1",
-        &[],
-        None,
-    )
-    .await;
+    let r = plain(&admin, Method::GET, "/v2/shared/copy/manifests/v1").await;
     assert_eq!(r.code(), "MANIFEST_UNKNOWN");
-    let r = call(
+    let r = plain(
         &admin,
         Method::GET,
         &format!("/v2/shared/copy/manifests/{manifest}"),
-        &[],
-        None,
     )
     .await;
     assert_eq!(r.code(), "MANIFEST_UNKNOWN");
-    let r = call(
-        &admin,
-        Method::GET,
-        "/v2/shared/demo/manifests/v1",
-        &[],
-        None,
-    )
-    .await;
+    let r = plain(&admin, Method::GET, "/v2/shared/demo/manifests/v1").await;
     assert_eq!(r.status, StatusCode::OK);
 }
 

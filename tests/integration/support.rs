@@ -510,6 +510,12 @@ impl Res {
 }
 
 /// Send a registry request with the client's token as a bearer token.
+/// A registry request with no extra headers and no body.
+pub async fn plain(api: &Api, method: Method, path: &str) -> Res {
+    call(api, method, path, &[], None).await
+}
+
+/// A registry request with headers and an optional body.
 pub async fn call(
     api: &Api,
     method: Method,
