@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod middleware;
 
 pub mod audit;
+pub mod broker;
 pub mod catalog;
 pub mod cloud_accounts;
 pub mod clusters;
@@ -57,6 +58,7 @@ pub type AppState = Arc<App>;
         (name = "clusters", description = "Clusters: spec and observed status"),
         (name = "catalog", description = "Packs and events"),
         (name = "audit", description = "Tamper-evident audit log"),
+        (name = "broker", description = "Message broker: client certificates, topics and consumer groups"),
     )
 )]
 struct ApiDoc;
@@ -92,6 +94,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .merge(clusters::routes())
         .merge(catalog::routes())
         .merge(audit::routes())
+        .merge(broker::routes())
 }
 
 /// The OpenAPI document of the API.

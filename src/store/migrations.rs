@@ -249,6 +249,21 @@ CREATE TABLE audit_pending (
     source TEXT NOT NULL
 );
 "#,
+    // 4: client certificates issued to broker peers (agents, gateways, other brokers). The
+    // broker accepts a certificate only if its serial is here and not revoked.
+    r#"
+CREATE TABLE broker_certificates (
+    serial TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    issued_at INTEGER NOT NULL,
+    not_after INTEGER NOT NULL,
+    issued_by TEXT NOT NULL,
+    revoked_at INTEGER,
+    revoked_by TEXT
+);
+CREATE INDEX broker_certificates_subject ON broker_certificates(kind, subject);
+"#,
 ];
 
 /// The schema version this executable writes.

@@ -51,7 +51,14 @@ impl TestApp {
             .open(dir.with_extension("log"))
             .expect("log file");
         let mut child = Command::new(exe())
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--broker-listen",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
             .arg(dir)
             .args(extra)
             .env("PALISADE_LOG", "info")
