@@ -19,7 +19,7 @@ use tonic::{Code, Status};
 
 use super::access::Peer;
 use super::hub::{Broker, Start, SubscribeOptions};
-use super::log::{NewRecord, TopicName};
+use super::log::{NewRecord, TopicName, PRODUCER_WINDOW};
 use super::proto::broker_client::BrokerClient;
 use super::{proto, service, Delivery};
 
@@ -28,7 +28,7 @@ use super::{proto, service, Delivery};
 pub enum Error {
     /// The broker refused the request; retrying the same request will not help.
     #[error("the broker refused the request: {}", .0.message())]
-    Refused(Status),
+    Refused(Box<Status>),
     /// No endpoint could be reached (or none answered) in time.
     #[error("no broker endpoint answered within {waited:?} (last error: {last}); check the endpoints and the network")]
     Unreachable { waited: Duration, last: String },
@@ -80,7 +80,7 @@ impl RemoteConfig {
 
 enum Transport {
     Local(Broker),
-    Remote(Remote),
+    Remote(Box<Remote>),
 }
 
 struct Remote {
@@ -137,11 +137,11 @@ impl Client {
             Endpoint::from_shared(e.clone())
                 .map_err(|err| Error::Config(format!("endpoint {e:?}: {err}")))?;
         }
-        Ok(Client::with(Transport::Remote(Remote {
+        Ok(Client::with(Transport::Remote(Box::new(Remote {
             config,
             channel: tokio::sync::Mutex::new(None),
             next_endpoint: AtomicU64::new(0),
-        })))
+        }))))
     }
 
     fn with(transport: Transport) -> Client {
@@ -371,6 +371,10 @@ async fn remote_pipeline(
     let mut next_id = 1u64;
     let mut backoff = remote.config.backoff_min;
     let mut input_open = true;
+    // Records sent but not answered stay within the log's producer window, so that after a
+    // reconnect every one of them can be resent and recognised if it was already stored.
+    let mut in_flight_records = 0usize;
+    let mut held: Option<(Vec<NewRecord>, Reply)> = None;
     loop {
         if !input_open && unanswered.is_empty() {
             return;
@@ -396,7 +400,7 @@ async fn remote_pipeline(
             Err(s) => {
                 if permanent(&s) {
                     for (_, reply) in unanswered.drain(..) {
-                        let _ = reply.send(Err(Error::Refused(s.clone())));
+                        let _ = reply.send(Err(Error::Refused(Box::new(s.clone()))));
                     }
                 } else {
                     remote.forget().await;
@@ -407,15 +411,30 @@ async fn remote_pipeline(
             }
         };
         loop {
-            tokio::select! {
-                input = rx.recv(), if input_open && unanswered.len() < PIPELINE => match input {
-                    Some((messages, reply)) => {
-                        let n = messages.len() as u64;
+            if let Some((messages, _)) = &held {
+                if in_flight_records + messages.len() <= PRODUCER_WINDOW {
+                    if let Some((messages, reply)) = held.take() {
+                        let n = messages.len();
                         let req = request(&topic, producer, next_seq, messages, next_id);
-                        next_seq += n;
+                        next_seq += n as u64;
                         next_id += 1;
+                        in_flight_records += n;
                         let _ = requests.send(req.clone()).await;
                         unanswered.push_back((req, reply));
+                    }
+                }
+            }
+            tokio::select! {
+                input = rx.recv(), if input_open && held.is_none() && unanswered.len() < PIPELINE => match input {
+                    Some((messages, reply)) => {
+                        if messages.len() > PRODUCER_WINDOW {
+                            let _ = reply.send(Err(Error::Config(format!(
+                                "a batch of {} messages is more than a publisher may have in flight ({PRODUCER_WINDOW}): split it",
+                                messages.len()
+                            ))));
+                        } else {
+                            held = Some((messages, reply));
+                        }
                     }
                     None => {
                         input_open = false;
@@ -428,11 +447,12 @@ async fn remote_pipeline(
                     Ok(Some(a)) => {
                         backoff = remote.config.backoff_min;
                         if unanswered.front().is_some_and(|(r, _)| r.request_id == a.request_id) {
-                            if let Some((_, reply)) = unanswered.pop_front() {
+                            if let Some((r, reply)) = unanswered.pop_front() {
+                                in_flight_records -= r.messages.len();
                                 let _ = reply.send(Ok(a.offsets));
                             }
                         }
-                        if !input_open && unanswered.is_empty() {
+                        if !input_open && unanswered.is_empty() && held.is_none() {
                             return;
                         }
                     }
@@ -441,12 +461,12 @@ async fn remote_pipeline(
                         // The first unanswered batch was refused; it cannot be retried, and
                         // later ones would now leave a gap in the sequence.
                         if let Some((_, reply)) = unanswered.pop_front() {
-                            let _ = reply.send(Err(Error::Refused(s.clone())));
+                            let _ = reply.send(Err(Error::Refused(Box::new(s.clone()))));
                         }
                         for (_, reply) in unanswered.drain(..) {
-                            let _ = reply.send(Err(Error::Refused(Status::aborted(
+                            let _ = reply.send(Err(Error::Refused(Box::new(Status::aborted(
                                 "an earlier batch of this publisher was refused",
-                            ))));
+                            )))));
                         }
                         return;
                     }
@@ -587,7 +607,7 @@ impl Remote {
             };
             match outcome {
                 Ok(v) => return Ok(v),
-                Err(s) if permanent(&s) => return Err(Error::Refused(s)),
+                Err(s) if permanent(&s) => return Err(Error::Refused(Box::new(s))),
                 Err(s) => {
                     self.forget().await;
                     if started.elapsed() + backoff > self.config.publish_timeout {
@@ -717,6 +737,20 @@ fn control_request(c: Control) -> proto::SubscribeRequest {
     proto::SubscribeRequest { kind: Some(kind) }
 }
 
+/// Ends a subscription the owner dropped: half-closes the request stream so the acks already
+/// queued reach the broker before it lets the member go (cancelling the call instead would
+/// drop them and have those messages delivered again), then waits briefly for the end.
+async fn close_gracefully(
+    mut stream: tonic::Streaming<proto::SubscribeResponse>,
+    requests: mpsc::Sender<proto::SubscribeRequest>,
+) {
+    drop(requests);
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Ok(Some(_)) = stream.message().await {}
+    })
+    .await;
+}
+
 /// Keeps a remote subscription going across reconnects.
 async fn remote_subscription(
     client: Client,
@@ -754,7 +788,7 @@ async fn remote_subscription(
                     Ok(Some(_)) => {}
                     Ok(None) => break,
                     Err(s) if permanent(&s) => {
-                        let _ = tx.send(Err(Error::Refused(s))).await;
+                        let _ = tx.send(Err(Error::Refused(Box::new(s)))).await;
                         return;
                     }
                     Err(_) => break,
@@ -765,7 +799,10 @@ async fn remote_subscription(
                             break;
                         }
                     }
-                    None => return,
+                    None => {
+                        close_gracefully(stream, requests).await;
+                        return;
+                    }
                 },
             }
         }

@@ -342,9 +342,10 @@ async fn retried_producer_sequence_returns_the_original_offset_and_stores_nothin
     assert_eq!(log.writer_stats().duplicates, 4);
 
     // Enough records of one producer to fill several segments.
-    for s in 0..60 {
-        assert_eq!(append_one(&log, &t, r(11, s)).await.offset, 5 + s);
-    }
+    let total = PRODUCER_WINDOW as u64 + 28;
+    let batch: Vec<NewRecord> = (0..total).map(|s| r(11, s)).collect();
+    let offsets = log.append(&t, batch).await.expect("append");
+    assert_eq!(offsets.last().map(|a| a.offset), Some(5 + total - 1));
     log.close().await.expect("close");
 
     for pass in ["with sidecar indexes", "after deleting them"] {
@@ -365,7 +366,7 @@ async fn retried_producer_sequence_returns_the_original_offset_and_stores_nothin
             },
             "{pass}"
         );
-        let oldest = 60 - PRODUCER_WINDOW as u64;
+        let oldest = total - PRODUCER_WINDOW as u64;
         assert_eq!(
             append_one(&log, &t, r(11, oldest)).await,
             Appended {
