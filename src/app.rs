@@ -60,8 +60,10 @@ pub struct App {
     pub console: crate::console::Console,
     /// The OCI registry's blob store and upload state.
     pub registry: crate::registry::Registry,
-    /// The message broker core (in-process clients use it directly).
+    /// The message broker core.
     pub broker: crate::broker::Broker,
+    /// The appliance's own broker client (in process: same semantics, no network hop).
+    pub bus: crate::broker::client::Client,
     /// Client certificates the broker accepts; updated as they are issued and revoked.
     pub broker_peers: Arc<crate::broker::peers::PeerDirectory>,
     /// The internal CA, for issuing broker client certificates.
@@ -195,6 +197,7 @@ pub async fn start(config: ServeConfig) -> Result<Appliance, Error> {
         lists: Default::default(),
         console: crate::console::Console::default(),
         registry,
+        bus: crate::broker::client::Client::local(broker.clone()),
         broker,
         broker_peers,
         pki,
@@ -248,6 +251,21 @@ impl Appliance {
         tokio::spawn(crate::registry::collect_garbage_periodically(
             self.app.clone(),
         ));
+        let app = self.app.clone();
+        tokio::spawn(async move {
+            match crate::orchestrator::desired::publish_missing(&app.bus, &app.broker, &app.store)
+                .await
+            {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    clusters = n,
+                    "published desired state missing from the broker"
+                ),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot list clusters to publish their desired state")
+                }
+            }
+        });
         let stopper = handle.clone();
         let (stop_broker, broker_stopped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {

@@ -688,3 +688,58 @@ async fn no_acknowledged_message_is_lost_when_the_broker_is_killed() {
         );
     }
 }
+
+#[tokio::test]
+async fn cluster_changes_reach_the_agent_as_desired_state() {
+    let app = TestApp::start();
+    let admin = app.admin().await;
+    let fx = tenant_fixture(&admin, "acme").await;
+    let agent = issue(&admin, "agent", &fx.cluster).await;
+    let a = Client::connect(config(&app, &agent)).expect("agent client");
+    let mut options = SubscribeOptions::new(pattern(&format!("clusters.{}.desired", fx.cluster)));
+    options.group = Some(group(&format!("clusters.{}.agent", fx.cluster)));
+    options.start = Start::Earliest;
+    let mut sub = a.subscribe(options).await.expect("subscribe");
+    let state = |d: &Delivery| -> Value { serde_json::from_slice(&d.payload).expect("json") };
+
+    let created = state(&take(&mut sub, 1, true).await[0]);
+    assert_eq!(created["kind"], "cluster-desired-state");
+    assert_eq!(created["version"], 1, "{created}");
+    assert_eq!(created["cluster"]["name"], "prod", "{created}");
+    assert_eq!(
+        created["profile"]["layers"][2]["pack"], "cilium",
+        "{created}"
+    );
+
+    let r = admin
+        .send(
+            reqwest::Method::PUT,
+            &format!("/v1/clusters/{}", fx.cluster),
+            Some(json!({
+                "profile_revision": 1,
+                "node_pools": [
+                    {"name": "cp", "role": "control-plane", "count": 3, "size": {"cpus": 2, "memory_mib": 4096, "disk_gib": 40}}
+                ],
+                "drift_policy": "reconcile"
+            })),
+            &[("if-match", "\"v1\"")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let updated = state(&take(&mut sub, 1, true).await[0]);
+    assert_eq!(updated["version"], 2, "{updated}");
+    assert_eq!(updated["cluster"]["drift_policy"], "reconcile", "{updated}");
+
+    let r = admin
+        .send(
+            reqwest::Method::DELETE,
+            &format!("/v1/clusters/{}", fx.cluster),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
+    let deleted = state(&take(&mut sub, 1, true).await[0]);
+    assert_eq!(deleted["deleted"], true, "{deleted}");
+    assert_eq!(deleted["version"], 3, "{deleted}");
+}
