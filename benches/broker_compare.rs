@@ -454,6 +454,7 @@ async fn run() -> Result<(), Fail> {
     println!("| 1 KiB messages | Palisade | JetStream | ratio | target |");
     println!("|---|---|---|---|---|");
     for publishers in [1, 16].into_iter().filter(|_| phase("throughput")) {
+        settle();
         let ours = palisade_throughput(
             &client,
             &format!("bench.tp{publishers}"),
@@ -461,6 +462,7 @@ async fn run() -> Result<(), Fail> {
             seconds,
         )
         .await;
+        settle();
         let theirs =
             nats_throughput(&js, &format!("bench.tp{publishers}"), publishers, seconds).await;
         row(
@@ -473,7 +475,9 @@ async fn run() -> Result<(), Fail> {
     }
     let (n, rate) = (3000, 1000.0);
     if phase("latency") {
+        settle();
         let ours = palisade_latency(&client, n, rate).await;
+        settle();
         let theirs = nats_latency(&js, &stream, n, rate).await;
         assert_eq!(ours.len(), n, "Palisade delivered every latency message");
         assert_eq!(theirs.len(), n, "JetStream delivered every latency message");
@@ -493,7 +497,9 @@ async fn run() -> Result<(), Fail> {
         );
     }
     if phase("fanout") {
+        settle();
         let ours = palisade_fanout(&client).await;
+        settle();
         let theirs = nats_fanout(&js, &stream).await;
         row(
             "fan-out to 1,000 subscribers",
