@@ -189,9 +189,10 @@ impl proto::broker_server::Broker for BrokerService {
         let (answers, rx) = mpsc::channel(PUBLISH_WINDOW);
         let (queued, mut waiting) = mpsc::channel(PUBLISH_WINDOW);
         let broker = self.broker.clone();
-        let errors = answers.clone();
         // Batches are queued in the order they arrive (keeping producer sequences in order)
-        // and answered in that order once durable; many can be in flight at once.
+        // and answered in that order once durable; many can be in flight at once. A refusal
+        // goes through the same queue, so it is answered after the batches before it and the
+        // publisher can tell which batch it belongs to.
         tokio::spawn(async move {
             loop {
                 let req = match inbound.message().await {
@@ -213,26 +214,22 @@ impl proto::broker_server::Broker for BrokerService {
                     }
                     Err(s) => Err(s),
                 };
-                match submitted {
-                    Ok(pending) => {
-                        if queued.send(pending).await.is_err() {
-                            break;
-                        }
-                    }
-                    Err(s) => {
-                        let _ = errors.send(Err(s)).await;
-                        break;
-                    }
+                let refused = submitted.is_err();
+                if queued.send(submitted).await.is_err() || refused {
+                    break;
                 }
             }
         });
         tokio::spawn(async move {
-            while let Some((id, pending)) = waiting.recv().await {
-                let answer = pending
-                    .durable()
-                    .await
-                    .map(|a| answer(id, a))
-                    .map_err(|e| status(e.into()));
+            while let Some(submitted) = waiting.recv().await {
+                let answer = match submitted {
+                    Ok((id, pending)) => pending
+                        .durable()
+                        .await
+                        .map(|a| answer(id, a))
+                        .map_err(|e| status(e.into())),
+                    Err(s) => Err(s),
+                };
                 let failed = answer.is_err();
                 if answers.send(answer).await.is_err() || failed {
                     break;
