@@ -145,8 +145,17 @@ pub async fn start(config: ServeConfig) -> Result<Appliance, Error> {
             addr: config.broker_listen,
             source,
         })?;
-    let log =
-        crate::broker::log::Log::open(crate::broker::log::LogConfig::new(dir.broker_dir())).await?;
+    let mut log_config = crate::broker::log::LogConfig::new(dir.broker_dir());
+    for rule in &config.broker_retention {
+        if rule.prefix == "*" {
+            log_config.retention = rule.retention;
+        } else {
+            log_config
+                .topic_retention
+                .push((rule.prefix.clone(), rule.retention));
+        }
+    }
+    let log = crate::broker::log::Log::open(log_config).await?;
     let broker = crate::broker::Broker::new(log, crate::broker::BrokerConfig::default());
     let broker_peers = Arc::new(crate::broker::peers::PeerDirectory::new(
         store

@@ -29,6 +29,12 @@ pub struct ServeConfig {
     #[arg(long, env = "PALISADE_BROKER_LISTEN", default_value = "0.0.0.0:8444")]
     pub broker_listen: SocketAddr,
 
+    /// Broker retention, repeatable: `PREFIX=AGE:SIZE`, where PREFIX is a topic prefix matched
+    /// at level boundaries (`*` for every other topic), AGE like `30m`, `12h`, `7d` and SIZE
+    /// like `512MiB`, `2GiB`, either `none`. Default `*=7d:1GiB`.
+    #[arg(long = "broker-retention", env = "PALISADE_BROKER_RETENTION", value_delimiter = ',', value_parser = parse_retention)]
+    pub broker_retention: Vec<RetentionRule>,
+
     /// PEM certificate chain to serve instead of one issued by the internal CA (needs --tls-key).
     #[arg(long, env = "PALISADE_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -56,4 +62,102 @@ pub struct ServeConfig {
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "PALISADE_MAX_BODY", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
+}
+
+/// One `--broker-retention` rule: a topic prefix (`*`: the default) and its limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetentionRule {
+    pub prefix: String,
+    pub retention: crate::broker::log::Retention,
+}
+
+fn parse_age(s: &str) -> Result<Option<std::time::Duration>, String> {
+    if s == "none" {
+        return Ok(None);
+    }
+    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("age {s:?} is not a number with a unit (30m, 12h, 7d) or none"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => return Err(format!("age {s:?}: the unit must be s, m, h or d")),
+    };
+    Ok(Some(std::time::Duration::from_secs(secs)))
+}
+
+fn parse_size(s: &str) -> Result<Option<u64>, String> {
+    if s == "none" {
+        return Ok(None);
+    }
+    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("size {s:?} is not a number with a unit (512MiB, 2GiB) or none"))?;
+    let factor: u64 = match unit {
+        "B" | "" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        _ => {
+            return Err(format!(
+                "size {s:?}: the unit must be B, KiB, MiB, GiB or TiB"
+            ))
+        }
+    };
+    n.checked_mul(factor)
+        .map(Some)
+        .ok_or_else(|| format!("size {s:?} is too large"))
+}
+
+/// Parses `PREFIX=AGE:SIZE`.
+pub fn parse_retention(s: &str) -> Result<RetentionRule, String> {
+    let (prefix, limits) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not PREFIX=AGE:SIZE (for example clusters=3d:256MiB)"))?;
+    let (age, size) = limits
+        .split_once(':')
+        .ok_or_else(|| format!("{s:?}: give both limits as AGE:SIZE, either may be none"))?;
+    if prefix != "*" {
+        crate::broker::log::TopicName::new(prefix).map_err(|e| e.to_string())?;
+    }
+    Ok(RetentionRule {
+        prefix: prefix.to_string(),
+        retention: crate::broker::log::Retention {
+            max_age: parse_age(age)?,
+            max_bytes: parse_size(size)?,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retention_rules_parse_and_explain_mistakes() {
+        let r = parse_retention("clusters=3d:256MiB").expect("valid");
+        assert_eq!(r.prefix, "clusters");
+        assert_eq!(
+            r.retention.max_age,
+            Some(std::time::Duration::from_secs(3 * 86_400))
+        );
+        assert_eq!(r.retention.max_bytes, Some(256 << 20));
+        let d = parse_retention("*=none:1GiB").expect("valid");
+        assert_eq!(d.retention.max_age, None);
+        for (bad, says) in [
+            ("clusters", "PREFIX=AGE:SIZE"),
+            ("clusters=3d", "AGE:SIZE"),
+            ("clusters=3w:1GiB", "unit"),
+            ("clusters=3d:1GB", "unit"),
+            ("a..b=1d:1GiB", "invalid topic name"),
+        ] {
+            let e = parse_retention(bad).expect_err(bad);
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
 }

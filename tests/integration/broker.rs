@@ -742,3 +742,33 @@ async fn cluster_changes_reach_the_agent_as_desired_state() {
     assert_eq!(deleted["deleted"], true, "{deleted}");
     assert_eq!(deleted["version"], 3, "{deleted}");
 }
+
+#[tokio::test]
+async fn the_client_fails_over_to_the_next_endpoint() {
+    let app = TestApp::start();
+    let admin = app.admin().await;
+    let issued = issue(&admin, "broker-peer", "b1").await;
+    // Nothing listens on the first endpoint.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("probe")
+        .local_addr()
+        .expect("addr");
+    let mut cfg = config(&app, &issued);
+    cfg.endpoints.insert(0, format!("https://{dead}"));
+    let client = Client::connect(cfg).expect("client");
+    let offsets = client
+        .publish("failover.check", vec![msg(None, "a"), msg(None, "b")])
+        .await
+        .expect("published through the second endpoint");
+    assert_eq!(offsets, vec![0, 1]);
+    let mut options = SubscribeOptions::new(pattern("failover.check"));
+    options.start = Start::Earliest;
+    let mut sub = client.subscribe(options).await.expect("subscribe");
+    assert_eq!(take(&mut sub, 2, true).await.len(), 2);
+
+    // A bad retention flag is refused with the rule it broke, before anything starts.
+    let (code, _, err) =
+        crate::support::run_cli(&["serve", "--broker-retention", "clusters=3w:1GiB"], None);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("the unit must be s, m, h or d"), "{err}");
+}
