@@ -13,6 +13,8 @@ pub mod config;
 pub mod console;
 pub mod datadir;
 pub mod model;
+pub mod oci_pull;
+pub mod pack;
 pub mod pki;
 pub mod registry;
 pub mod secrets;
