@@ -8,6 +8,8 @@ mod auth;
 mod backup;
 mod browser;
 mod durability;
+mod oci_pull;
 mod openapi;
+mod packs;
 mod rbac;
 mod registry;
