@@ -165,9 +165,8 @@ fn split_documents(text: &str) -> Vec<(usize, &str)> {
     let mut offset = 0;
     for (i, line) in text.split_inclusive('\n').enumerate() {
         let l = line.trim_end();
-        let is_separator = l == "---"
-            || (l.starts_with("---")
-                && l[3..].starts_with(|c: char| c == ' ' || c == '\t' || c == '#'));
+        let is_separator =
+            l == "---" || (l.starts_with("---") && l[3..].starts_with([' ', '\t', '#']));
         if is_separator {
             docs.push((start_line, &text[start..offset]));
             start = offset + line.len();

@@ -193,9 +193,9 @@ pub(crate) fn parse_template(file: &str, text: &str) -> Result<Vec<Piece>> {
         let (before, after) = rest.split_at(i);
         literal.push_str(before);
         line += before.matches('\n').count();
-        if after.starts_with("$${") {
+        if let Some(after_escape) = after.strip_prefix("$${") {
             literal.push_str("${");
-            rest = &after[3..];
+            rest = after_escape;
         } else if let Some(inner) = after.strip_prefix(OPEN) {
             let close = inner.find('}').filter(|&c| !inner[..c].contains('\n'));
             let Some(close) = close else {
