@@ -12,6 +12,21 @@ use serde_json::{json, Value};
 use crate::registry::{run_ok, Image};
 use crate::support::{sha256, OCI_CONFIG, OCI_INDEX, OCI_LAYER, OCI_MANIFEST};
 
+/// How a test registry authenticates.
+enum Auth {
+    None,
+    /// htpasswd with one user (bcrypt), answered with a Basic challenge.
+    Htpasswd(String, String),
+    /// Bearer tokens from `realm`, signed by the key of `cert_pem` (a JWT with an x5c header).
+    Token {
+        realm: String,
+        cert_pem: String,
+    },
+}
+
+const TOKEN_SERVICE: &str = "palisade-test-registry";
+const TOKEN_ISSUER: &str = "palisade-test-token-issuer";
+
 /// A docker-registry on a free loopback port, with its storage in a temporary directory;
 /// killed when dropped.
 struct DockerRegistry {
@@ -24,15 +39,16 @@ struct DockerRegistry {
 impl DockerRegistry {
     /// Start without authentication.
     fn start() -> DockerRegistry {
-        DockerRegistry::start_with(None)
+        DockerRegistry::start_with(Auth::None, None)
     }
 
     /// Start with htpasswd (bcrypt) authentication for one user.
     fn start_with_user(user: &str, password: &str) -> DockerRegistry {
-        DockerRegistry::start_with(Some((user.into(), password.into())))
+        DockerRegistry::start_with(Auth::Htpasswd(user.into(), password.into()), None)
     }
 
-    fn start_with(credentials: Option<(String, String)>) -> DockerRegistry {
+    /// Start with `auth` and, given a certificate and key (PEM), on HTTPS.
+    fn start_with(auth: Auth, tls: Option<(String, String)>) -> DockerRegistry {
         let dir = tempfile::tempdir().expect("tmp");
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .expect("bind")
@@ -40,21 +56,45 @@ impl DockerRegistry {
             .expect("addr")
             .port();
         let host = format!("127.0.0.1:{port}");
-        let mut auth = String::new();
-        if let Some((user, password)) = &credentials {
-            let htpasswd = dir.path().join("htpasswd");
-            let out = run_ok(Command::new("htpasswd").args(["-Bbn", user, password]));
-            std::fs::write(&htpasswd, out).expect("htpasswd");
-            auth = format!(
-                "auth:\n  htpasswd:\n    realm: palisade-test\n    path: {}\n",
-                htpasswd.display()
+        let mut extra = String::new();
+        let mut credentials = None;
+        match auth {
+            Auth::None => {}
+            Auth::Htpasswd(user, password) => {
+                let htpasswd = dir.path().join("htpasswd");
+                let out = run_ok(Command::new("htpasswd").args(["-Bbn", &user, &password]));
+                std::fs::write(&htpasswd, out).expect("htpasswd");
+                extra = format!(
+                    "auth:\n  htpasswd:\n    realm: palisade-test\n    path: {}\n",
+                    htpasswd.display()
+                );
+                credentials = Some((user, password));
+            }
+            Auth::Token { realm, cert_pem } => {
+                let bundle = dir.path().join("token-signer.pem");
+                std::fs::write(&bundle, cert_pem).expect("bundle");
+                extra = format!(
+                    "auth:\n  token:\n    realm: {realm}\n    service: {TOKEN_SERVICE}\n    issuer: {TOKEN_ISSUER}\n    rootcertbundle: {}\n",
+                    bundle.display()
+                );
+            }
+        }
+        let mut tls_yaml = String::new();
+        if let Some((cert, key)) = &tls {
+            let (c, k) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+            std::fs::write(&c, cert).expect("cert");
+            std::fs::write(&k, key).expect("key");
+            tls_yaml = format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                c.display(),
+                k.display()
             );
         }
         let config = dir.path().join("config.yml");
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {host}\n  secret: test-only-secret\n{auth}",
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {host}\n  secret: test-only-secret\n{tls_yaml}{extra}",
                 dir.path().join("storage").display()
             ),
         )
@@ -396,4 +436,241 @@ async fn a_pinned_digest_that_differs_stops_the_pull_and_a_mirror_rewrites_the_h
         e.to_string().contains("answered 404: MANIFEST_UNKNOWN"),
         "{e}"
     );
+}
+
+/// A token endpoint of the distribution token-auth protocol: checks Basic credentials and
+/// issues JWTs (ES256, certificate in the x5c header) that docker-registry verifies itself.
+struct TokenIssuer {
+    realm: String,
+    cert_pem: String,
+    issued: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl TokenIssuer {
+    async fn start(user: &'static str, password: &'static str) -> TokenIssuer {
+        use axum::extract::{Query, State};
+        use axum::http::{HeaderMap, StatusCode};
+        use base64::Engine as _;
+        use std::collections::HashMap;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec!["palisade-test-token-signer".to_string()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("cert");
+        let rng = ring::rand::SystemRandom::new();
+        let signer = ring::signature::EcdsaKeyPair::from_pkcs8(
+            &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            &key.serialize_der(),
+            &rng,
+        )
+        .expect("signer");
+        let x5c = base64::engine::general_purpose::STANDARD.encode(cert.der());
+        let issued = Arc::new(AtomicUsize::new(0));
+        struct Issuer {
+            signer: ring::signature::EcdsaKeyPair,
+            x5c: String,
+            issued: Arc<AtomicUsize>,
+            expected: String,
+        }
+        let state = Arc::new(Issuer {
+            signer,
+            x5c,
+            issued: issued.clone(),
+            expected: format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+            ),
+        });
+        async fn token(
+            State(issuer): State<Arc<Issuer>>,
+            headers: HeaderMap,
+            Query(q): Query<HashMap<String, String>>,
+        ) -> Result<axum::Json<Value>, StatusCode> {
+            use base64::Engine as _;
+            let auth = headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            if auth != issuer.expected {
+                return Err(StatusCode::UNAUTHORIZED);
+            }
+            let access: Vec<Value> = q
+                .get("scope")
+                .map(String::as_str)
+                .unwrap_or_default()
+                .split(' ')
+                .filter_map(|s| {
+                    let (kind, rest) = s.split_once(':')?;
+                    let (name, actions) = rest.rsplit_once(':')?;
+                    Some(json!({"type": kind, "name": name, "actions": actions.split(',').collect::<Vec<_>>()}))
+                })
+                .collect();
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("clock")
+                .as_secs();
+            let b64 = |v: &Value| {
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .encode(serde_json::to_vec(v).expect("json"))
+            };
+            let header = json!({"alg": "ES256", "typ": "JWT", "x5c": [issuer.x5c]});
+            let n = issuer.issued.fetch_add(1, Ordering::SeqCst);
+            let claims = json!({
+                "iss": TOKEN_ISSUER, "sub": "builder", "aud": TOKEN_SERVICE,
+                "exp": now + 300, "nbf": now - 10, "iat": now, "jti": format!("t{n}"),
+                "access": access
+            });
+            let signing_input = format!("{}.{}", b64(&header), b64(&claims));
+            let sig = issuer
+                .signer
+                .sign(&ring::rand::SystemRandom::new(), signing_input.as_bytes())
+                .expect("sign");
+            let jwt = format!(
+                "{signing_input}.{}",
+                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sig.as_ref())
+            );
+            Ok(axum::Json(json!({"token": jwt})))
+        }
+        let router = axum::Router::new()
+            .route("/token", axum::routing::get(token))
+            .with_state(state);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        });
+        TokenIssuer {
+            realm: format!("http://{addr}/token"),
+            cert_pem: cert.pem(),
+            issued,
+        }
+    }
+
+    fn host(&self) -> String {
+        self.realm
+            .trim_start_matches("http://")
+            .trim_end_matches("/token")
+            .to_string()
+    }
+}
+
+// Multi-threaded: skopeo blocks the test's thread while the token endpoint answers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_token_auth_follows_the_challenge_to_the_realm_and_reuses_the_token() {
+    let issuer = TokenIssuer::start("builder", "token-pass").await;
+    let registry = DockerRegistry::start_with(
+        Auth::Token {
+            realm: issuer.realm.clone(),
+            cert_pem: issuer.cert_pem.clone(),
+        },
+        None,
+    );
+    let tmp = tempfile::tempdir().expect("tmp");
+    let image = Image::build(tmp.path());
+    let src = tmp_layout(&tmp, "src");
+    image.write_layout(&src, "v1");
+    run_ok(
+        registry
+            .skopeo()
+            .args([
+                "copy",
+                "--dest-tls-verify=false",
+                "--dest-creds",
+                "builder:token-pass",
+            ])
+            .arg(format!("oci:{}:v1", src.display()))
+            .arg(format!("docker://{}/tokens/app:v1", registry.host)),
+    );
+    let reference = format!("{}/tokens/app:v1", registry.host);
+    let mut options = registry.options();
+    options.plain_http.insert(issuer.host());
+
+    // No credentials: the token endpoint refuses, and the message names the registry.
+    let e = pull_to_layout(&reference, &options, &tmp_layout(&tmp, "anonymous"))
+        .await
+        .expect_err("anonymous");
+    assert!(
+        e.to_string()
+            .contains(&format!("registry {} asks for credentials", registry.host)),
+        "{e}"
+    );
+
+    options.credentials.insert(
+        registry.host.clone(),
+        Credentials {
+            username: "builder".into(),
+            password: "token-pass".into(),
+        },
+    );
+    let before = issuer.issued.load(std::sync::atomic::Ordering::SeqCst);
+    let out = tmp_layout(&tmp, "out");
+    let pulled = pull_to_layout(&reference, &options, &out)
+        .await
+        .expect("pull");
+    assert_eq!(pulled.digest, image.digests().0);
+    assert_eq!(blob(&out, &image.digests().2), image.layer);
+    assert_eq!(
+        issuer.issued.load(std::sync::atomic::Ordering::SeqCst) - before,
+        1,
+        "one token serves the manifest and every blob of the repository"
+    );
+
+    // The realm over plain HTTP is refused unless that host is allowed plain HTTP: the
+    // credentials would travel in clear text.
+    let mut strict = options.clone();
+    strict.plain_http.remove(&issuer.host());
+    let e = pull_to_layout(&reference, &strict, &tmp_layout(&tmp, "strict"))
+        .await
+        .expect_err("plain realm");
+    assert!(e.to_string().contains("is not HTTPS"), "{e}");
+}
+
+#[tokio::test]
+async fn pulls_over_https_from_a_registry_with_a_private_ca() {
+    let ca_key = rcgen::KeyPair::generate().expect("key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "palisade test registry CA");
+    let ca = ca_params.self_signed(&ca_key).expect("ca");
+    let leaf_key = rcgen::KeyPair::generate().expect("key");
+    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .expect("params")
+        .signed_by(&leaf_key, &ca, &ca_key)
+        .expect("leaf");
+    let registry = DockerRegistry::start_with(
+        Auth::Htpasswd("builder".into(), "tls-pass".into()),
+        Some((leaf.pem(), leaf_key.serialize_pem())),
+    );
+    let tmp = tempfile::tempdir().expect("tmp");
+    let image = Image::build(tmp.path());
+    let src = tmp_layout(&tmp, "src");
+    image.write_layout(&src, "v1");
+    registry.push(&src, "v1", "secure/app");
+    let reference = format!("{}/secure/app:v1", registry.host);
+    let mut options = PullOptions::default();
+    options.credentials.insert(
+        registry.host.clone(),
+        Credentials {
+            username: "builder".into(),
+            password: "tls-pass".into(),
+        },
+    );
+    // Not trusted without the CA.
+    let e = pull_to_layout(&reference, &options, &tmp_layout(&tmp, "untrusted"))
+        .await
+        .expect_err("unknown CA");
+    assert!(e.to_string().contains("cannot reach https://"), "{e}");
+    assert!(e.to_string().to_lowercase().contains("certificate"), "{e}");
+    options.ca_pem = Some(ca.pem().into_bytes());
+    let pulled = pull_to_layout(&reference, &options, &tmp_layout(&tmp, "trusted"))
+        .await
+        .expect("pull over https");
+    assert_eq!(pulled.digest, image.digests().0);
 }
