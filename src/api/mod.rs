@@ -17,6 +17,7 @@ pub mod cloud_accounts;
 pub mod clusters;
 pub mod identity;
 pub mod profiles;
+pub mod pull_credentials;
 pub mod session;
 pub mod system;
 pub mod tenancy;
@@ -90,6 +91,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .merge(cloud_accounts::routes())
         .merge(profiles::routes())
         .merge(clusters::routes())
+        .merge(pull_credentials::routes())
         .merge(catalog::routes())
         .merge(audit::routes())
 }

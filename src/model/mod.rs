@@ -8,12 +8,14 @@ mod access;
 mod cluster;
 mod identity;
 mod profile;
+mod pull_credential;
 mod validate;
 
 pub use access::*;
 pub use cluster::*;
 pub use identity::*;
 pub use profile::*;
+pub use pull_credential::*;
 pub use validate::*;
 
 use serde::{Deserialize, Serialize};

@@ -249,6 +249,24 @@ CREATE TABLE audit_pending (
     source TEXT NOT NULL
 );
 "#,
+    // Pull credentials of clusters (read-only registry access). Kept self-contained so that it
+    // can be renumbered when merged beside other migrations.
+    r#"
+CREATE TABLE pull_credentials (
+    id TEXT PRIMARY KEY,
+    cluster_id TEXT NOT NULL REFERENCES clusters(id) ON DELETE CASCADE,
+    tenant_id TEXT NOT NULL,
+    project_id TEXT NOT NULL,
+    username TEXT NOT NULL,
+    prefix TEXT NOT NULL,
+    secret_hash BLOB NOT NULL UNIQUE,
+    created_by TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    revoked_at INTEGER
+);
+CREATE INDEX pull_credentials_cluster ON pull_credentials (cluster_id);
+"#,
 ];
 
 /// The schema version this executable writes.

@@ -15,6 +15,7 @@ mod error;
 mod events;
 mod migrations;
 mod profiles;
+mod pull_credentials;
 mod registry;
 mod tenants;
 mod users;

@@ -11,5 +11,6 @@ mod durability;
 mod oci_pull;
 mod openapi;
 mod packs;
+mod pull_credentials;
 mod rbac;
 mod registry;
