@@ -15,6 +15,7 @@ pub mod datadir;
 pub mod model;
 pub mod oci_pull;
 pub mod pack;
+pub mod pack_sources;
 pub mod pki;
 pub mod registry;
 pub mod secrets;

@@ -795,6 +795,72 @@ impl Client {
         Ok(bytes)
     }
 
+    /// The repositories of registry `host` (`GET /v2/_catalog`, following `Link` pages), at
+    /// most `max`.
+    pub async fn catalog(&self, host: &str, max: usize) -> Result<Vec<String>> {
+        self.paged_list(host, "_catalog", "/v2/_catalog?n=1000", "repositories", max)
+            .await
+    }
+
+    /// The tags of repository `repo` of registry `host`, at most `max`.
+    pub async fn tags(&self, host: &str, repo: &str, max: usize) -> Result<Vec<String>> {
+        self.paged_list(
+            host,
+            repo,
+            &format!("/v2/{repo}/tags/list?n=1000"),
+            "tags",
+            max,
+        )
+        .await
+    }
+
+    async fn paged_list(
+        &self,
+        host: &str,
+        repo: &str,
+        first: &str,
+        field: &str,
+        max: usize,
+    ) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        let mut next = Some(first.to_string());
+        while let Some(path) = next.take() {
+            let url = format!("{}{path}", self.base(host));
+            let res = self.get(host, repo, &url, None).await?;
+            let status = res.status();
+            next = res
+                .headers()
+                .get(reqwest::header::LINK)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|l| l.split_once('<'))
+                .and_then(|(_, rest)| rest.split_once('>'))
+                .map(|(p, _)| p.to_string())
+                .filter(|p| p.starts_with("/v2/"));
+            let body = read_capped(res, MAX_MANIFEST_BYTES, &url).await?;
+            if !status.is_success() {
+                return Err(Error::Status {
+                    url,
+                    status: status.as_u16(),
+                    message: error_message(&body),
+                });
+            }
+            let v: Value = serde_json::from_slice(&body).map_err(|e| Error::Invalid {
+                what: format!("the answer of {url}"),
+                reason: format!("is not JSON: {e}"),
+            })?;
+            for item in v[field].as_array().map(Vec::as_slice).unwrap_or_default() {
+                if let Some(s) = item.as_str() {
+                    out.push(s.to_string());
+                }
+            }
+            if out.len() >= max {
+                out.truncate(max);
+                break;
+            }
+        }
+        Ok(out)
+    }
+
     fn blob_url(&self, src: &Reference, digest: &str) -> Result<String> {
         if !is_digest(digest) {
             return Err(Error::Invalid {

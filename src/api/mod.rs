@@ -16,6 +16,7 @@ pub mod catalog;
 pub mod cloud_accounts;
 pub mod clusters;
 pub mod identity;
+pub mod pack_sources;
 pub mod profiles;
 pub mod pull_credentials;
 pub mod session;
@@ -93,6 +94,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .merge(clusters::routes())
         .merge(pull_credentials::routes())
         .merge(catalog::routes())
+        .merge(pack_sources::routes())
         .merge(audit::routes())
 }
 

@@ -267,6 +267,37 @@ CREATE TABLE pull_credentials (
 );
 CREATE INDEX pull_credentials_cluster ON pull_credentials (cluster_id);
 "#,
+    // Pack sources: external registries of tenants, and the packs last found in each.
+    // Self-contained, so it can be renumbered when merged beside other migrations.
+    r#"
+CREATE TABLE pack_sources (
+    id TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    url TEXT NOT NULL,
+    prefix TEXT NOT NULL DEFAULT '',
+    credentials BLOB,
+    ca_bundle TEXT NOT NULL DEFAULT '',
+    synced_at INTEGER,
+    sync_error TEXT NOT NULL DEFAULT '',
+    version INTEGER NOT NULL DEFAULT 1,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    UNIQUE (tenant_id, name)
+);
+CREATE TABLE pack_source_packs (
+    id TEXT PRIMARY KEY,
+    source_id TEXT NOT NULL REFERENCES pack_sources(id) ON DELETE CASCADE,
+    tenant_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    version TEXT NOT NULL,
+    layer_type TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    description TEXT NOT NULL DEFAULT '',
+    created_at INTEGER NOT NULL,
+    UNIQUE (source_id, name, version)
+);
+"#,
 ];
 
 /// The schema version this executable writes.

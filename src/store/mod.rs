@@ -14,6 +14,7 @@ mod clusters;
 mod error;
 mod events;
 mod migrations;
+mod pack_sources;
 mod profiles;
 mod pull_credentials;
 mod registry;

@@ -10,6 +10,7 @@ mod browser;
 mod durability;
 mod oci_pull;
 mod openapi;
+mod pack_sources;
 mod packs;
 mod pull_credentials;
 mod rbac;

@@ -13,7 +13,7 @@ use crate::registry::{run_ok, Image};
 use crate::support::{sha256, OCI_CONFIG, OCI_INDEX, OCI_LAYER, OCI_MANIFEST};
 
 /// How a test registry authenticates.
-enum Auth {
+pub(crate) enum Auth {
     None,
     /// htpasswd with one user (bcrypt), answered with a Basic challenge.
     Htpasswd(String, String),
@@ -29,9 +29,9 @@ const TOKEN_ISSUER: &str = "palisade-test-token-issuer";
 
 /// A docker-registry on a free loopback port, with its storage in a temporary directory;
 /// killed when dropped.
-struct DockerRegistry {
+pub(crate) struct DockerRegistry {
     child: Child,
-    host: String,
+    pub(crate) host: String,
     dir: tempfile::TempDir,
     credentials: Option<(String, String)>,
 }
@@ -48,7 +48,7 @@ impl DockerRegistry {
     }
 
     /// Start with `auth` and, given a certificate and key (PEM), on HTTPS.
-    fn start_with(auth: Auth, tls: Option<(String, String)>) -> DockerRegistry {
+    pub(crate) fn start_with(auth: Auth, tls: Option<(String, String)>) -> DockerRegistry {
         let dir = tempfile::tempdir().expect("tmp");
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .expect("bind")
@@ -137,7 +137,7 @@ impl DockerRegistry {
     }
 
     /// Push the layout `layout:tag` to `repo:tag` (all platforms of an index).
-    fn push(&self, layout: &Path, tag: &str, repo: &str) {
+    pub(crate) fn push(&self, layout: &Path, tag: &str, repo: &str) {
         let mut cmd = self.skopeo();
         cmd.args([
             "copy",
@@ -630,8 +630,8 @@ async fn bearer_token_auth_follows_the_challenge_to_the_realm_and_reuses_the_tok
     assert!(e.to_string().contains("is not HTTPS"), "{e}");
 }
 
-#[tokio::test]
-async fn pulls_over_https_from_a_registry_with_a_private_ca() {
+/// A throwaway CA (PEM) and a server certificate and key (PEM) it issued for 127.0.0.1.
+pub(crate) fn test_tls_identity() -> (String, (String, String)) {
     let ca_key = rcgen::KeyPair::generate().expect("key");
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -644,9 +644,15 @@ async fn pulls_over_https_from_a_registry_with_a_private_ca() {
         .expect("params")
         .signed_by(&leaf_key, &ca, &ca_key)
         .expect("leaf");
+    (ca.pem(), (leaf.pem(), leaf_key.serialize_pem()))
+}
+
+#[tokio::test]
+async fn pulls_over_https_from_a_registry_with_a_private_ca() {
+    let (ca_pem, tls) = test_tls_identity();
     let registry = DockerRegistry::start_with(
         Auth::Htpasswd("builder".into(), "tls-pass".into()),
-        Some((leaf.pem(), leaf_key.serialize_pem())),
+        Some(tls),
     );
     let tmp = tempfile::tempdir().expect("tmp");
     let image = Image::build(tmp.path());
@@ -668,7 +674,7 @@ async fn pulls_over_https_from_a_registry_with_a_private_ca() {
         .expect_err("unknown CA");
     assert!(e.to_string().contains("cannot reach https://"), "{e}");
     assert!(e.to_string().to_lowercase().contains("certificate"), "{e}");
-    options.ca_pem = Some(ca.pem().into_bytes());
+    options.ca_pem = Some(ca_pem.into_bytes());
     let pulled = pull_to_layout(&reference, &options, &tmp_layout(&tmp, "trusted"))
         .await
         .expect("pull over https");
