@@ -143,7 +143,7 @@ async fn packs_of_a_tenants_external_registry_join_its_packs_listing_only() {
         let api = acme_viewer.clone();
         async move {
             let packs = external_packs(&api).await;
-            (packs.len() == 2).then(|| Value::Array(packs))
+            (packs.len() == 2).then_some(Value::Array(packs))
         }
     })
     .await;
