@@ -164,3 +164,59 @@ fn packaging_is_reproducible_and_reads_back() {
     let e = package_to_layout(&pack_dir, &tmp.path().join("one")).expect_err("not empty");
     assert!(e.to_string().contains("is not empty"), "{e}");
 }
+
+#[test]
+fn a_chart_only_pack_loads_packages_and_gives_merged_values() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("pack");
+    write(
+        &dir,
+        &[
+            (
+                "pack.toml",
+                "name = \"hello\"\nversion = \"0.1.0\"\nlayer = \"addon\"\n",
+            ),
+            ("values.yaml", "replicas: 2\n"),
+            (
+                "values.schema.json",
+                "{\"type\": \"object\", \"properties\": {\"replicas\": {\"type\": \"integer\"}}}",
+            ),
+            (
+                "chart/Chart.yaml",
+                "apiVersion: v2\nname: hello\nversion: 0.1.0\n",
+            ),
+            (
+                "chart/templates/deployment.yaml",
+                "kind: Deployment\nreplicas: {{ .Values.replicas }}\n",
+            ),
+            ("chart/.helmignore", ".git\n"),
+        ],
+    );
+    let pack = load(&dir).expect("load");
+    let chart = pack.chart.as_ref().expect("chart");
+    assert_eq!(
+        (chart.name.as_str(), chart.version.as_str()),
+        ("hello", "0.1.0")
+    );
+    assert!(chart.files.contains_key("templates/deployment.yaml"));
+    assert!(pack.meta.contents.chart);
+    assert!(render(&pack, &json!({})).expect("render").is_empty());
+    assert_eq!(
+        pack.values(&json!({"replicas": 3})).expect("values"),
+        json!({"replicas": 3})
+    );
+    assert!(pack.values(&json!({"replicas": "x"})).is_err());
+    let packed = package_to_layout(&dir, &tmp.path().join("layout")).expect("package");
+    let (back, _) = read_from_layout(&tmp.path().join("layout"), None).expect("read");
+    assert_eq!(back.files(), pack.files());
+    assert_eq!(packed.layer_type, crate::model::LayerType::Addon);
+    write(
+        &dir,
+        &[(
+            "chart/Chart.yaml",
+            "apiVersion: v1\nname: hello\nversion: 0.1.0\n",
+        )],
+    );
+    let e = load(&dir).expect_err("helm 2").to_string();
+    assert!(e.contains("chart/Chart.yaml: field apiVersion"), "{e}");
+}

@@ -130,6 +130,22 @@ impl Store {
                     ));
                 }
             }
+            // Pack sources seal their registry credentials the same way.
+            let mut stmt = c
+                .prepare("SELECT id, name, credentials FROM pack_sources WHERE credentials IS NOT NULL")
+                .map_err(Error::sql("read credentials"))?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, Vec<u8>>(2)?)))
+                .map_err(Error::sql("read credentials"))?;
+            for row in rows {
+                let (id, name, sealed) = row.map_err(Error::sql("read credentials"))?;
+                if inner.key.open(&sealed).is_err() {
+                    problems.push(format!(
+                        "credentials of pack source {name} ({id}) cannot be decrypted with secret.key: \
+                         restore the secret.key that belongs to this database, or enter the credentials again"
+                    ));
+                }
+            }
             Ok(problems)
         })
         .await
