@@ -1222,7 +1222,9 @@ async fn pull_manifest_content(
 }
 
 /// Add (or replace) the entry `ref_name` in the layout's `index.json`, and write `oci-layout`.
-/// Written to a temporary file and renamed, so a crash leaves the old index or the new one.
+/// Written to a temporary file and renamed, so a crash leaves the old index or the new one;
+/// an exclusive `flock` on the layout directory itself serialises pulls that share a layout
+/// (in this process or another), so none loses another's entry, and no lock file is left.
 async fn update_index(
     layout: &Path,
     ref_name: &str,
@@ -1230,8 +1232,34 @@ async fn update_index(
     media_type: &str,
     size: u64,
 ) -> Result<()> {
+    let (layout, ref_name, digest, media_type) = (
+        layout.to_path_buf(),
+        ref_name.to_string(),
+        digest.to_string(),
+        media_type.to_string(),
+    );
+    let task = tokio::task::spawn_blocking(move || {
+        update_index_locked(&layout, &ref_name, &digest, &media_type, size)
+    });
+    task.await.map_err(|e| Error::Invalid {
+        what: "the layout's index.json update".into(),
+        reason: e.to_string(),
+    })?
+}
+
+fn update_index_locked(
+    layout: &Path,
+    ref_name: &str,
+    digest: &str,
+    media_type: &str,
+    size: u64,
+) -> Result<()> {
+    use fs4::fs_std::FileExt;
+    let lock = std::fs::File::open(layout).map_err(|e| io("open", layout, e))?;
+    // Fully qualified: std's File::lock_exclusive would shadow fs4's on newer Rust.
+    FileExt::lock_exclusive(&lock).map_err(|e| io("lock", layout, e))?;
     let path = layout.join("index.json");
-    let mut index = match tokio::fs::read(&path).await {
+    let mut index = match std::fs::read(&path) {
         Ok(bytes) => serde_json::from_slice::<Value>(&bytes).map_err(|e| Error::Invalid {
             what: path.display().to_string(),
             reason: format!("is not JSON ({e}): pull into a new directory"),
@@ -1251,16 +1279,12 @@ async fn update_index(
     }));
     index["manifests"] = Value::Array(manifests);
     let layout_file = layout.join("oci-layout");
-    tokio::fs::write(&layout_file, br#"{"imageLayoutVersion":"1.0.0"}"#)
-        .await
+    std::fs::write(&layout_file, br#"{"imageLayoutVersion":"1.0.0"}"#)
         .map_err(|e| io("write", &layout_file, e))?;
     let tmp = layout.join(format!(".index.json.{}", uuid::Uuid::new_v4()));
-    tokio::fs::write(&tmp, index.to_string())
-        .await
-        .map_err(|e| io("write", &tmp, e))?;
-    tokio::fs::rename(&tmp, &path)
-        .await
-        .map_err(|e| io("rename into place", &path, e))
+    std::fs::write(&tmp, index.to_string()).map_err(|e| io("write", &tmp, e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| io("rename into place", &path, e))
+    // The lock is released when `lock` is dropped, after the rename.
 }
 
 #[cfg(test)]

@@ -125,15 +125,7 @@ impl DockerRegistry {
 
     /// skopeo with its own home and policy.
     fn skopeo(&self) -> Command {
-        let policy = self.dir.path().join("policy.json");
-        std::fs::write(
-            &policy,
-            r#"{"default":[{"type":"insecureAcceptAnything"}]}"#,
-        )
-        .expect("policy");
-        let mut c = Command::new("skopeo");
-        c.arg("--policy").arg(policy).env("HOME", self.dir.path());
-        c
+        crate::packs::skopeo(self.dir.path())
     }
 
     /// Push the layout `layout:tag` to `repo:tag` (all platforms of an index).
@@ -285,6 +277,20 @@ async fn pulls_an_image_and_every_platform_of_an_index_with_verified_blobs() {
     for m in &manifests {
         assert_eq!(&blob(&all, &sha256(m)), m);
     }
+    // Two pulls into one layout at once: both entries survive.
+    let shared = tmp_layout(&tmp, "shared");
+    let single = format!("{}/demo/hello:v1", registry.host);
+    let options = registry.options();
+    let (a, b) = tokio::join!(
+        pull_to_layout(&single, &options, &shared),
+        pull_to_layout(&reference, &options, &shared)
+    );
+    a.expect("first");
+    b.expect("second");
+    assert_eq!(
+        index_of(&shared)["manifests"].as_array().map(Vec::len),
+        Some(2)
+    );
     let arm = tmp_layout(&tmp, "arm");
     let options = PullOptions {
         platforms: Some(vec![Platform::parse("linux/arm64").expect("platform")]),

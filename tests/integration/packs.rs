@@ -29,7 +29,7 @@ fn sample_packs() -> Vec<PathBuf> {
 }
 
 /// skopeo with its own home and an accept-anything policy (the tests check digests themselves).
-fn skopeo(tmp: &Path) -> Command {
+pub(crate) fn skopeo(tmp: &Path) -> Command {
     let policy = tmp.join("policy.json");
     std::fs::write(
         &policy,

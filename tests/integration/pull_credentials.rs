@@ -2,28 +2,14 @@
 //! repositories, and can neither push, nor see another tenant, nor use the REST API; revoking
 //! it takes effect at once; minting is audited and needs edit rights on the cluster.
 
-use std::path::Path;
-use std::process::Command;
-
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
+use crate::packs::skopeo;
 use crate::registry::{registry_host, run, run_ok, Image};
 use crate::support::{
     call, push_image, tenant_fixture, user_with_role, Api, TestApp, OCI_MANIFEST,
 };
-
-fn skopeo(tmp: &Path) -> Command {
-    let policy = tmp.join("policy.json");
-    std::fs::write(
-        &policy,
-        r#"{"default":[{"type":"insecureAcceptAnything"}]}"#,
-    )
-    .expect("policy");
-    let mut c = Command::new("skopeo");
-    c.arg("--policy").arg(policy).env("HOME", tmp);
-    c
-}
 
 #[tokio::test]
 async fn a_clusters_pull_credential_pulls_its_tenant_and_shared_repositories_and_nothing_else() {
