@@ -282,3 +282,46 @@ async fn a_pack_pushed_with_skopeo_is_fetched_from_the_appliance_and_rendered() 
         .expect_err("not a pack");
     assert!(e.to_string().contains("is not a Palisade pack"), "{e}");
 }
+
+#[test]
+fn the_pack_cli_checks_renders_and_packages_a_pack() {
+    use crate::support::run_cli;
+    let dir = bundles().join("packs/csi-local-path");
+    let dir_arg = dir.to_str().expect("utf-8 path");
+    let (code, out, err) = run_cli(&["pack", "check", dir_arg], None);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with("csi-local-path 0.0.28 (storage layer): valid"),
+        "{out}"
+    );
+
+    let tmp = tempfile::tempdir().expect("tmp");
+    let values = tmp.path().join("values.yaml");
+    std::fs::write(&values, "storageClass:\n  name: fast-local\n").expect("values");
+    let values_arg = values.to_str().expect("utf-8 path");
+    let (code, out, err) = run_cli(&["pack", "render", dir_arg, "--values", values_arg], None);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("name: fast-local"), "{out}");
+    std::fs::write(&values, "storageClass:\n  reclaimPolicy: Sometimes\n").expect("values");
+    let (code, _, err) = run_cli(&["pack", "render", dir_arg, "--values", values_arg], None);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("values do not match values.schema.json: at /storageClass/reclaimPolicy"),
+        "{err}"
+    );
+
+    let layout = tmp.path().join("layout");
+    let (code, out, err) = run_cli(
+        &[
+            "pack",
+            "package",
+            dir_arg,
+            "-o",
+            layout.to_str().expect("utf-8 path"),
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    let expected = pack::package_to_layout(&dir, &tmp.path().join("again")).expect("package");
+    assert!(out.contains(&expected.manifest_digest), "{out}");
+}
