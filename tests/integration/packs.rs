@@ -129,7 +129,7 @@ fn every_sample_pack_loads_renders_as_kubernetes_objects_and_packages_reproducib
         let config: Value = serde_json::from_str(&config).expect("config json");
         assert_eq!(config["name"], name.as_str());
     }
-    for t in ["network", "storage", "addon"] {
+    for t in ["kubernetes", "network", "storage", "addon"] {
         assert!(
             layers.iter().any(|l| l.as_str() == t),
             "a sample {t} pack is expected"
@@ -146,13 +146,18 @@ fn the_sample_recipe_names_every_sample_pack_and_every_image_they_need() {
     let text = std::fs::read_to_string(bundles().join("sample-platform.toml")).expect("recipe");
     let recipe: toml::Value = toml::from_str(&text).expect("recipe is TOML");
     assert_eq!(recipe["bundle"]["name"].as_str(), Some("sample-platform"));
-    let packs: Vec<PathBuf> = recipe["pack"]
+    let mut packs: Vec<PathBuf> = recipe["pack"]
         .as_array()
         .expect("[[pack]]")
         .iter()
         .map(|p| bundles().join(p["path"].as_str().expect("path")))
         .collect();
-    assert_eq!(packs, sample_packs());
+    packs.sort();
+    assert_eq!(
+        packs,
+        sample_packs(),
+        "the recipe carries every sample pack"
+    );
     let images: BTreeSet<&str> = recipe["image"]
         .as_array()
         .expect("[[image]]")
