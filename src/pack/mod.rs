@@ -137,6 +137,55 @@ pub fn render(pack: &Pack, values: &Value) -> Result<Vec<RenderedManifest>> {
     render_with(pack, &merged)
 }
 
+/// Render `pack` for a profile layer: the layer must name this pack, version and layer type,
+/// and its values (YAML) are merged over the defaults. What the agent applies for a layer.
+pub fn render_layer(pack: &Pack, layer: &crate::model::Layer) -> Result<Vec<RenderedManifest>> {
+    let m = &pack.meta;
+    if layer.pack != m.name || layer.version != m.version || layer.layer_type != m.layer {
+        return Err(Error::Constraint {
+            pack: format!("{} {}", m.name, m.version),
+            reason: format!(
+                "is a {} pack, but the layer asks for {} layer {} {}: fetch the pack the layer names",
+                m.layer.as_str(),
+                layer.layer_type.as_str(),
+                layer.pack,
+                layer.version
+            ),
+        });
+    }
+    let values = yaml_to_json("the layer's values", &layer.values)?;
+    render(pack, &values)
+}
+
+/// Check the packs of one profile against each other's constraints: the Kubernetes version is
+/// the version of the profile's kubernetes-layer pack (build metadata aside), which every
+/// pack's `constraints.kubernetes` must accept; every `requires` must be met by another pack
+/// of the profile. Without a kubernetes layer only the requirements are checked.
+pub fn check_profile(packs: &[&PackMeta]) -> Result<()> {
+    let versions: Vec<(String, semver::Version)> = packs
+        .iter()
+        .map(|m| {
+            m.semver()
+                .map(|v| (m.name.clone(), v))
+                .map_err(|e| Error::field(&m.name, "version", e))
+        })
+        .collect::<Result<_>>()?;
+    let present: Vec<(&str, &semver::Version)> =
+        versions.iter().map(|(n, v)| (n.as_str(), v)).collect();
+    let kubernetes = packs
+        .iter()
+        .zip(&versions)
+        .find(|(m, _)| m.layer == crate::model::LayerType::Kubernetes)
+        .map(|(_, (_, v))| v);
+    for m in packs {
+        if let Some(k) = kubernetes {
+            m.check_kubernetes(k)?;
+        }
+        m.check_requirements(&present)?;
+    }
+    Ok(())
+}
+
 fn render_with(pack: &Pack, merged: &Value) -> Result<Vec<RenderedManifest>> {
     let mut out = Vec::new();
     for t in &pack.templates {

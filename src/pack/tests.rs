@@ -220,3 +220,50 @@ fn a_chart_only_pack_loads_packages_and_gives_merged_values() {
     let e = load(&dir).expect_err("helm 2").to_string();
     assert!(e.contains("chart/Chart.yaml: field apiVersion"), "{e}");
 }
+
+#[test]
+fn renders_a_profile_layer_and_checks_a_profiles_constraints() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    demo_pack(tmp.path());
+    let pack = load(tmp.path()).expect("load");
+    let layer = crate::model::Layer {
+        layer_type: crate::model::LayerType::Addon,
+        pack: "demo".into(),
+        version: "1.0.0".into(),
+        values: "replicas: 3\n".into(),
+    };
+    let out = render_layer(&pack, &layer).expect("render");
+    assert!(out[0].yaml.contains("replicas: 3"));
+    let wrong = crate::model::Layer {
+        version: "1.0.1".into(),
+        ..layer
+    };
+    let e = render_layer(&pack, &wrong).expect_err("other version");
+    assert!(
+        e.to_string()
+            .contains("the layer asks for addon layer demo 1.0.1"),
+        "{e}"
+    );
+
+    let meta = |toml: &str| PackMeta::from_toml(toml, Contents::default()).expect("meta");
+    let k8s = meta(
+        "name = \"kubernetes-kubeadm\"\nversion = \"1.30.4+build1\"\nlayer = \"kubernetes\"\n",
+    );
+    let cni = meta("name = \"cni\"\nversion = \"1.0.0\"\nlayer = \"network\"\n[constraints]\nkubernetes = \">=1.28, <1.31\"\n");
+    let old = meta("name = \"old\"\nversion = \"1.0.0\"\nlayer = \"addon\"\n[constraints]\nkubernetes = \"<1.29\"\nrequires = [{ pack = \"cni\", version = \">=2\" }]\n");
+    assert!(check_profile(&[&k8s, &cni]).is_ok());
+    let e = check_profile(&[&k8s, &cni, &old])
+        .expect_err("too old")
+        .to_string();
+    assert!(
+        e.contains("old 1.0.0: supports Kubernetes <1.29, not 1.30.4+build1"),
+        "{e}"
+    );
+    let e = check_profile(&[&cni, &old])
+        .expect_err("requires")
+        .to_string();
+    assert!(
+        e.contains("requires pack cni >=2, but the profile has 1.0.0"),
+        "{e}"
+    );
+}
