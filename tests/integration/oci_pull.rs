@@ -111,7 +111,8 @@ impl DockerRegistry {
         while std::net::TcpStream::connect(&host).is_err() {
             assert!(
                 Instant::now() < deadline,
-                "docker-registry did not listen on {host}"
+                "docker-registry did not listen on {host}:\n{}",
+                std::fs::read_to_string(dir.path().join("registry.log")).unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(50));
         }
