@@ -16,6 +16,7 @@ pub mod model;
 pub mod oci_pull;
 pub mod pack;
 pub mod pack_sources;
+pub mod orchestrator;
 pub mod pki;
 pub mod registry;
 pub mod secrets;

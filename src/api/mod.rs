@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod middleware;
 
 pub mod audit;
+pub mod broker;
 pub mod catalog;
 pub mod cloud_accounts;
 pub mod clusters;
@@ -59,6 +60,7 @@ pub type AppState = Arc<App>;
         (name = "clusters", description = "Clusters: spec and observed status"),
         (name = "catalog", description = "Packs and events"),
         (name = "audit", description = "Tamper-evident audit log"),
+        (name = "broker", description = "Message broker: client certificates, topics and consumer groups"),
     )
 )]
 struct ApiDoc;
@@ -96,6 +98,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .merge(catalog::routes())
         .merge(pack_sources::routes())
         .merge(audit::routes())
+        .merge(broker::routes())
 }
 
 /// The OpenAPI document of the API.

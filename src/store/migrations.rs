@@ -249,8 +249,22 @@ CREATE TABLE audit_pending (
     source TEXT NOT NULL
 );
 "#,
-    // Pull credentials of clusters (read-only registry access). Kept self-contained so that it
-    // can be renumbered when merged beside other migrations.
+    // 4: client certificates issued to broker peers (agents, gateways, other brokers). The
+    // broker accepts a certificate only if its serial is here and not revoked.
+    r#"
+CREATE TABLE broker_certificates (
+    serial TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    issued_at INTEGER NOT NULL,
+    not_after INTEGER NOT NULL,
+    issued_by TEXT NOT NULL,
+    revoked_at INTEGER,
+    revoked_by TEXT
+);
+CREATE INDEX broker_certificates_subject ON broker_certificates(kind, subject);
+"#,
+    // 5: pull credentials of clusters (read-only registry access).
     r#"
 CREATE TABLE pull_credentials (
     id TEXT PRIMARY KEY,
@@ -267,8 +281,7 @@ CREATE TABLE pull_credentials (
 );
 CREATE INDEX pull_credentials_cluster ON pull_credentials (cluster_id);
 "#,
-    // Pack sources: external registries of tenants, and the packs last found in each.
-    // Self-contained, so it can be renumbered when merged beside other migrations.
+    // 6: pack sources: external registries of tenants, and the packs last found in each.
     r#"
 CREATE TABLE pack_sources (
     id TEXT PRIMARY KEY,
