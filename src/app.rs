@@ -71,6 +71,8 @@ pub struct App {
     pub started: Instant,
     /// The OpenAPI document, rendered on first request.
     pub openapi: OnceLock<String>,
+    /// Wakes the pack-source reconciler (`crate::pack_sources`) to read the sources now.
+    pub pack_source_sync: tokio::sync::Notify,
 }
 
 /// What `serve` prints once it is ready.
@@ -212,6 +214,7 @@ pub async fn start(config: ServeConfig) -> Result<Appliance, Error> {
         pki,
         started: Instant::now(),
         openapi: OnceLock::new(),
+        pack_source_sync: tokio::sync::Notify::new(),
     });
     Ok(Appliance {
         ready: Ready {
@@ -260,6 +263,7 @@ impl Appliance {
         tokio::spawn(crate::registry::collect_garbage_periodically(
             self.app.clone(),
         ));
+        tokio::spawn(crate::pack_sources::sync_periodically(self.app.clone()));
         let app = self.app.clone();
         tokio::spawn(async move {
             match crate::orchestrator::desired::publish_missing(&app.bus, &app.broker, &app.store)

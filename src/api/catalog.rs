@@ -1,4 +1,5 @@
-//! The pack catalogue (read-only: bundle import fills it) and object events.
+//! The pack catalogue (read-only: bundle import fills it, and the packs found in tenants' pack
+//! sources join it) and object events.
 
 use axum::extract::{Path, State};
 use axum::http::Uri;
@@ -12,7 +13,7 @@ use utoipa_axum::routes;
 use super::error::{ApiError, Problem};
 use super::extract::{ApiQuery, Auth};
 use super::{list_cache, AppState};
-use crate::model::{page_limit, Event, Pack, Page, Visibility};
+use crate::model::{page_limit, Event, Pack, Page};
 
 /// Routes of this module.
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -48,24 +49,19 @@ pub struct EventQuery {
     responses((status = 200, body = Page<Pack>), (status = 401, body = Problem)))]
 async fn list_packs(
     State(app): State<AppState>,
-    _auth: Auth,
+    Auth(p): Auth,
     uri: Uri,
     ApiQuery(q): ApiQuery<PackQuery>,
 ) -> Result<Response, ApiError> {
     let limit = page_limit(q.limit)?;
-    let key = list_cache::key(
-        uri.path(),
-        uri.query(),
-        &Visibility {
-            all: true,
-            ..Default::default()
-        },
-    );
+    // Local packs are everybody's; those of a tenant's pack sources only its members'.
+    let visibility = p.tenant_visibility();
+    let key = list_cache::key(uri.path(), uri.query(), &visibility);
     app.lists
         .page(&app.store, key, async {
             Ok(app
                 .store
-                .list_packs(q.name, q.layer_type, q.after, limit)
+                .list_packs(visibility, q.name, q.layer_type, q.after, limit)
                 .await?)
         })
         .await
@@ -76,10 +72,18 @@ async fn list_packs(
     responses((status = 200, body = Pack), (status = 404, body = Problem)))]
 async fn get_pack(
     State(app): State<AppState>,
-    _auth: Auth,
+    Auth(p): Auth,
     Path(id): Path<String>,
 ) -> Result<Json<Pack>, ApiError> {
-    Ok(Json(app.store.pack(&id).await?))
+    let pack = app.store.pack(&id).await?;
+    if let Some(source) = &pack.source_id {
+        // A pack source's packs are visible to its tenant only; others see no such pack.
+        let source = app.store.pack_source(source).await?;
+        if !p.sees_tenant(&source.tenant_id) {
+            return Err(ApiError::NotFound { kind: "pack" });
+        }
+    }
+    Ok(Json(pack))
 }
 
 /// List events of objects the caller can see, oldest first.

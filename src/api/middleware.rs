@@ -56,7 +56,14 @@ impl TokenCache {
                 }
             }
         }
-        let Some((principal, expires_at)) = store.token_principal(secret).await? else {
+        // Pull credentials of clusters carry their own prefix; see `authenticate` for where
+        // they are accepted.
+        let found = if secret.starts_with(crate::model::PULL_SECRET_PREFIX) {
+            store.pull_credential_principal(secret).await?
+        } else {
+            store.token_principal(secret).await?
+        };
+        let Some((principal, expires_at)) = found else {
             return Ok(None);
         };
         // Cached for the cache period, but never past the token's own expiry.
@@ -163,6 +170,10 @@ fn basic_password(headers: &axum::http::HeaderMap) -> Option<String> {
 /// (any user name), which is what container tools send, answers refusals in its own error
 /// format, and ignores session cookies: registry clients never hold one, so a browser's
 /// console session can never be ridden into a push (no CSRF surface there).
+///
+/// A cluster's pull credential (secret prefix `ppl_`) authenticates only under `/v2/` and only
+/// GET and HEAD: anywhere else it counts as no valid credential (401), and a push or delete
+/// with it is refused (403 `DENIED`) before any handler runs. This is the read-only rule.
 pub async fn authenticate(State(app): State<AppState>, mut req: Request, next: Next) -> Response {
     let registry = crate::registry::is_registry_path(req.uri().path());
     let mut bearer = req
@@ -175,6 +186,17 @@ pub async fn authenticate(State(app): State<AppState>, mut req: Request, next: N
         bearer = basic_password(req.headers());
     }
     let ctx = if let Some(secret) = bearer {
+        if secret.starts_with(crate::model::PULL_SECRET_PREFIX) {
+            if !registry {
+                return ApiError::Unauthenticated.into_response();
+            }
+            if !matches!(*req.method(), Method::GET | Method::HEAD) {
+                return crate::registry::errors::RegistryError::Denied(
+                    "a cluster's pull credential can only pull (GET and HEAD): push with an API token of a user who may write the repository".into(),
+                )
+                .into_response();
+            }
+        }
         match app.tokens.principal(&app.store, &secret).await {
             Ok(Some(principal)) => Some(AuthContext {
                 principal,

@@ -17,7 +17,9 @@ pub mod catalog;
 pub mod cloud_accounts;
 pub mod clusters;
 pub mod identity;
+pub mod pack_sources;
 pub mod profiles;
+pub mod pull_credentials;
 pub mod session;
 pub mod system;
 pub mod tenancy;
@@ -92,7 +94,9 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .merge(cloud_accounts::routes())
         .merge(profiles::routes())
         .merge(clusters::routes())
+        .merge(pull_credentials::routes())
         .merge(catalog::routes())
+        .merge(pack_sources::routes())
         .merge(audit::routes())
         .merge(broker::routes())
 }

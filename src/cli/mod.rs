@@ -4,6 +4,7 @@
 //! 2 bad usage (clap's own); 3 a check found problems (`admin check`, `admin audit-verify`).
 
 mod admin;
+mod pack;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -26,6 +27,9 @@ enum Command {
     /// Offline tasks on a data directory: users, backup, restore, checks.
     #[command(subcommand)]
     Admin(admin::AdminCommand),
+    /// Pack authoring, offline: check, render and package a pack directory.
+    #[command(subcommand)]
+    Pack(pack::PackCommand),
 }
 
 /// Run the parsed command; returns the process exit code.
@@ -39,5 +43,6 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Serve(config) => runtime.block_on(serve::run(config)),
         Command::Admin(cmd) => runtime.block_on(admin::run(cmd)),
+        Command::Pack(cmd) => pack::run(cmd),
     }
 }

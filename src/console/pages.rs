@@ -292,7 +292,10 @@ pub(super) async fn packs(
     Page(s): Page,
     Query(flash): Query<Flash>,
 ) -> Result<Response, ApiError> {
-    let packs = app.store.list_packs(None, None, None, MAX_PAGE).await?;
+    let packs = app
+        .store
+        .list_packs(s.principal.tenant_visibility(), None, None, None, MAX_PAGE)
+        .await?;
     render(
         &app,
         "packs.html",

@@ -7,13 +7,17 @@
 mod access;
 mod cluster;
 mod identity;
+mod pack_source;
 mod profile;
+mod pull_credential;
 mod validate;
 
 pub use access::*;
 pub use cluster::*;
 pub use identity::*;
+pub use pack_source::*;
 pub use profile::*;
+pub use pull_credential::*;
 pub use validate::*;
 
 use serde::{Deserialize, Serialize};
@@ -111,6 +115,9 @@ pub struct Pack {
     /// sha256 digest of the pack's OCI manifest.
     pub digest: String,
     pub description: String,
+    /// The pack source (external registry) it was found in; absent for the local repository.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_id: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
     #[schema(value_type = String, format = DateTime)]
     pub created_at: Timestamp,

@@ -114,20 +114,23 @@ impl Store {
     pub async fn check_sealed_credentials(&self) -> Result<Vec<String>> {
         let inner = self.inner.clone();
         self.read(move |c| {
-            let mut stmt = c
-                .prepare("SELECT id, name, credentials FROM cloud_accounts WHERE credentials IS NOT NULL")
-                .map_err(Error::sql("read credentials"))?;
-            let rows = stmt
-                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, Vec<u8>>(2)?)))
-                .map_err(Error::sql("read credentials"))?;
+            // Pack sources seal their registry credentials the same way.
             let mut problems = Vec::new();
-            for row in rows {
-                let (id, name, sealed) = row.map_err(Error::sql("read credentials"))?;
-                if inner.key.open(&sealed).is_err() {
-                    problems.push(format!(
-                        "credentials of cloud account {name} ({id}) cannot be decrypted with secret.key: \
-                         restore the secret.key that belongs to this database, or enter the credentials again"
-                    ));
+            for (table, kind) in [("cloud_accounts", "cloud account"), ("pack_sources", "pack source")] {
+                let mut stmt = c
+                    .prepare(&format!("SELECT id, name, credentials FROM {table} WHERE credentials IS NOT NULL"))
+                    .map_err(Error::sql("read credentials"))?;
+                let rows = stmt
+                    .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, Vec<u8>>(2)?)))
+                    .map_err(Error::sql("read credentials"))?;
+                for row in rows {
+                    let (id, name, sealed) = row.map_err(Error::sql("read credentials"))?;
+                    if inner.key.open(&sealed).is_err() {
+                        problems.push(format!(
+                            "credentials of {kind} {name} ({id}) cannot be decrypted with secret.key: \
+                             restore the secret.key that belongs to this database, or enter the credentials again"
+                        ));
+                    }
                 }
             }
             Ok(problems)

@@ -6,8 +6,11 @@ use super::{from_millis, to_millis, Error, ListQuery, Result, Store};
 use crate::model::{new_id, now, Event, LayerType, Pack, Page, Severity, Visibility};
 
 const EVENT_COLUMNS: &str = "SELECT id, object_kind, object_id, tenant_id, project_id, severity, message, created_at FROM events";
-const PACK_COLUMNS: &str =
-    "SELECT id, name, version, layer_type, digest, description, created_at FROM packs";
+/// Local packs and the packs found in pack sources (external registries) as one relation;
+/// `tenant_id` is NULL for local packs, which everybody sees.
+const PACK_COLUMNS: &str = "SELECT id, name, version, layer_type, digest, description, created_at, source_id FROM (\
+     SELECT id, name, version, layer_type, digest, description, created_at, NULL AS source_id, NULL AS tenant_id FROM packs \
+     UNION ALL SELECT id, name, version, layer_type, digest, description, created_at, source_id, tenant_id FROM pack_source_packs)";
 
 fn event_row(r: &Row<'_>) -> rusqlite::Result<Event> {
     let severity: String = r.get(5)?;
@@ -33,6 +36,7 @@ fn pack_row(r: &Row<'_>) -> rusqlite::Result<Pack> {
         digest: r.get(4)?,
         description: r.get(5)?,
         created_at: from_millis(r.get(6)?),
+        source_id: r.get(7)?,
     })
 }
 
@@ -78,6 +82,7 @@ impl Store {
     /// Packs in the catalogue, optionally filtered by name or layer type.
     pub async fn list_packs(
         &self,
+        v: Visibility,
         name: Option<String>,
         layer_type: Option<String>,
         after: Option<String>,
@@ -85,6 +90,14 @@ impl Store {
     ) -> Result<Page<Pack>> {
         self.read(move |c| {
             let mut q = ListQuery::new();
+            // Local packs for everybody; a pack source's packs for those who see its tenant.
+            if !v.all {
+                let marks = vec!["?"; v.tenants.len()].join(",");
+                q.raw(
+                    format!("(tenant_id IS NULL OR tenant_id IN ({marks}))"),
+                    v.tenants.clone(),
+                );
+            }
             q.eq("name", name.as_deref())
                 .eq("layer_type", layer_type.as_deref());
             q.page(c, PACK_COLUMNS, after.as_deref(), limit, pack_row, |p| {

@@ -264,6 +264,53 @@ CREATE TABLE broker_certificates (
 );
 CREATE INDEX broker_certificates_subject ON broker_certificates(kind, subject);
 "#,
+    // 5: pull credentials of clusters (read-only registry access).
+    r#"
+CREATE TABLE pull_credentials (
+    id TEXT PRIMARY KEY,
+    cluster_id TEXT NOT NULL REFERENCES clusters(id) ON DELETE CASCADE,
+    tenant_id TEXT NOT NULL,
+    project_id TEXT NOT NULL,
+    username TEXT NOT NULL,
+    prefix TEXT NOT NULL,
+    secret_hash BLOB NOT NULL UNIQUE,
+    created_by TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    revoked_at INTEGER
+);
+CREATE INDEX pull_credentials_cluster ON pull_credentials (cluster_id);
+"#,
+    // 6: pack sources: external registries of tenants, and the packs last found in each.
+    r#"
+CREATE TABLE pack_sources (
+    id TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    url TEXT NOT NULL,
+    prefix TEXT NOT NULL DEFAULT '',
+    credentials BLOB,
+    ca_bundle TEXT NOT NULL DEFAULT '',
+    synced_at INTEGER,
+    sync_error TEXT NOT NULL DEFAULT '',
+    version INTEGER NOT NULL DEFAULT 1,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    UNIQUE (tenant_id, name)
+);
+CREATE TABLE pack_source_packs (
+    id TEXT PRIMARY KEY,
+    source_id TEXT NOT NULL REFERENCES pack_sources(id) ON DELETE CASCADE,
+    tenant_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    version TEXT NOT NULL,
+    layer_type TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    description TEXT NOT NULL DEFAULT '',
+    created_at INTEGER NOT NULL,
+    UNIQUE (source_id, name, version)
+);
+"#,
 ];
 
 /// The schema version this executable writes.

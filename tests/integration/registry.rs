@@ -972,7 +972,7 @@ async fn viewer_can_pull_but_not_push_and_editor_can_push() {
 // ---- real clients -------------------------------------------------------------------------
 
 /// Run `cmd`, killing it if it takes longer than `limit`.
-fn run(cmd: &mut Command, limit: Duration) -> Output {
+pub(crate) fn run(cmd: &mut Command, limit: Duration) -> Output {
     let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -997,7 +997,7 @@ fn run(cmd: &mut Command, limit: Duration) -> Output {
 }
 
 /// Run `cmd` and require success; returns stdout.
-fn run_ok(cmd: &mut Command) -> String {
+pub(crate) fn run_ok(cmd: &mut Command) -> String {
     let out = run(cmd, Duration::from_secs(180));
     assert!(
         out.status.success(),
@@ -1009,7 +1009,7 @@ fn run_ok(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn go_arch() -> &'static str {
+pub(crate) fn go_arch() -> &'static str {
     match std::env::consts::ARCH {
         "x86_64" => "amd64",
         "aarch64" => "arm64",
@@ -1018,14 +1018,14 @@ fn go_arch() -> &'static str {
 }
 
 /// A small OCI image: a gzip'd tar layer with one file, its config and manifest.
-struct Image {
-    layer: Vec<u8>,
-    config: Vec<u8>,
-    manifest: Vec<u8>,
+pub(crate) struct Image {
+    pub(crate) layer: Vec<u8>,
+    pub(crate) config: Vec<u8>,
+    pub(crate) manifest: Vec<u8>,
 }
 
 impl Image {
-    fn build(dir: &Path) -> Image {
+    pub(crate) fn build(dir: &Path) -> Image {
         let mut tar = tar::Builder::new(Vec::new());
         let text = b"hello from the palisade registry\n";
         let mut header = tar::Header::new_gnu();
@@ -1068,7 +1068,7 @@ impl Image {
     }
 
     /// Write the image as an OCI image layout with tag `tag`.
-    fn write_layout(&self, dir: &Path, tag: &str) {
+    pub(crate) fn write_layout(&self, dir: &Path, tag: &str) {
         let blobs = dir.join("blobs/sha256");
         std::fs::create_dir_all(&blobs).expect("mkdir");
         for b in [&self.layer, &self.config, &self.manifest] {
@@ -1089,7 +1089,7 @@ impl Image {
         std::fs::write(dir.join("index.json"), index.to_string()).expect("index.json");
     }
 
-    fn digests(&self) -> (String, String, String) {
+    pub(crate) fn digests(&self) -> (String, String, String) {
         (
             sha256(&self.manifest),
             sha256(&self.config),
@@ -1099,7 +1099,7 @@ impl Image {
 }
 
 /// The host:port of the appliance, as container tools name a registry.
-fn registry_host(app: &TestApp) -> String {
+pub(crate) fn registry_host(app: &TestApp) -> String {
     app.base.trim_start_matches("https://").to_string()
 }
 
