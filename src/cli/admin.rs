@@ -262,7 +262,7 @@ const PROGRESS_LINE_BYTES: u64 = 256 << 20;
 const PROGRESS_REDRAW: Duration = Duration::from_millis(200);
 
 /// A size for people: `512 B`, `3.2 MiB`, `1.5 GiB`.
-fn human(bytes: u64) -> String {
+pub(super) fn human(bytes: u64) -> String {
     const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
     if bytes < 1024 {
         return format!("{bytes} B");

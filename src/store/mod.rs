@@ -9,6 +9,7 @@
 mod audit;
 mod auth;
 mod backup;
+mod bundles;
 mod cloud_accounts;
 mod clusters;
 mod error;
@@ -22,6 +23,7 @@ mod users;
 pub use audit::{AuditEntry, AuditFilter, AuditRecord, ChainReport};
 pub use auth::{LoginCandidate, LoginOutcome, SessionInfo, SESSION_TTL};
 pub use backup::{backup_to, referenced_blobs, restore_from};
+pub use bundles::{BundleImport, ImportArtifact, ImportRepository, ImportedBundle, TrustedKey};
 pub use clusters::ClusterFilter;
 pub use error::{Error, Found, Result};
 pub use migrations::SCHEMA_VERSION;
