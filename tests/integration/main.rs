@@ -7,6 +7,7 @@ mod api_errors;
 mod auth;
 mod backup;
 mod browser;
+mod bundle;
 mod durability;
 mod openapi;
 mod rbac;
