@@ -1067,6 +1067,7 @@ fn hostile_bundles_are_refused_by_verify_and_import_and_change_nothing() {
             c.says
         );
         let (code, out, err) = kit.import(&files, &[]);
+        eprintln!("{:<32} {}", c.name, err.trim());
         assert_eq!(code, 1, "{}: import should refuse: {out}{err}", c.name);
         assert!(
             err.contains(c.says),
@@ -1148,6 +1149,10 @@ fn import_killed_at_any_point_is_consistent_and_a_rerun_completes_without_rewrit
             .expect("spawn import");
         std::thread::sleep(Duration::from_millis(delay_ms));
         let finished = child.try_wait().expect("wait").is_some();
+        eprintln!(
+            "import after {delay_ms} ms: {}",
+            if finished { "finished" } else { "killed" }
+        );
         if !finished {
             child.kill().expect("SIGKILL");
             kills += 1;
