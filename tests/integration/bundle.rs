@@ -116,6 +116,9 @@ fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
 
+/// Files of a data directory (size, inode, mtime) and row counts of its tables.
+type Snapshot = (BTreeMap<String, (u64, u64, i64)>, Vec<i64>);
+
 /// A work area with a trusted key pair and a data directory that trusts it.
 struct Kit {
     tmp: tempfile::TempDir,
@@ -186,7 +189,7 @@ impl Kit {
     }
 
     /// Files (outside staging/ and the database) with size, inode and mtime, and table counts.
-    fn snapshot(&self) -> (BTreeMap<String, (u64, u64, i64)>, Vec<i64>) {
+    fn snapshot(&self) -> Snapshot {
         let mut files = BTreeMap::new();
         for p in crate::support::files_under(&self.data) {
             let rel = p
