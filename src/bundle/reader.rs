@@ -347,7 +347,7 @@ pub enum Next {
 /// Where verified content goes. `open` is asked for each listed entry before its content is
 /// read (`None`: only verify it); `commit` after it verified; `discard` if it did not.
 pub trait Sink {
-    type W: Write;
+    type W: Write + Send;
     fn open(&mut self, e: &Expected) -> Result<Option<Self::W>>;
     fn commit(&mut self, e: &Expected, w: Self::W) -> Result<()>;
     fn discard(&mut self, e: &Expected, w: Self::W);
@@ -434,9 +434,160 @@ fn checked_name<R: Read>(entry: &tar::Entry<'_, R>) -> Result<String> {
     }
 }
 
+/// Size of the chunks handed from the reading thread to the hashing thread.
+const CHUNK: usize = 1 << 20;
+/// Chunks queued between the two threads.
+const CHUNKS_IN_FLIGHT: usize = 8;
+
+/// What the reading thread hands the hashing thread.
+enum Chunk {
+    /// An entry begins: its declaration.
+    Begin(Expected),
+    /// The next bytes of the current entry (the buffer and how much of it is filled).
+    Data(Vec<u8>, usize),
+    /// The current entry is complete.
+    End,
+}
+
+/// Why feeding stopped.
+enum Fed {
+    /// The hashing thread stopped (its own error says why).
+    WorkerGone,
+    Failed(Error),
+}
+
+impl From<Error> for Fed {
+    fn from(e: Error) -> Fed {
+        Fed::Failed(e)
+    }
+}
+
+/// The reading side: check each entry's name, type, listing and size, and pass its bytes on.
+fn feed<R: Read>(
+    entries: tar::Entries<'_, R>,
+    h: &Head,
+    seen: &mut std::collections::BTreeSet<String>,
+    to_worker: &std::sync::mpsc::SyncSender<Chunk>,
+    free: &std::sync::mpsc::Receiver<Vec<u8>>,
+    cap: u64,
+) -> std::result::Result<(), Fed> {
+    let send = |c: Chunk| to_worker.send(c).map_err(|_| Fed::WorkerGone);
+    for entry in entries {
+        let mut e = entry.map_err(|e| classify(e, cap))?;
+        let name = checked_name(&e)?;
+        if name.ends_with('/') {
+            continue;
+        }
+        let Some(expected) = h.plan.entries.get(&name) else {
+            return Err(Fed::Failed(
+                if name == MANIFEST_ENTRY || name == SIGNATURES_ENTRY {
+                    Error::DuplicateEntry { name }
+                } else if name.starts_with(BLOB_PREFIX) {
+                    Error::UnlistedEntry { name }
+                } else {
+                    Error::EntryName {
+                        name,
+                        reason:
+                            "it is not part of the bundle format nor listed in the signed metadata"
+                                .into(),
+                    }
+                },
+            ));
+        };
+        if !seen.insert(name.clone()) {
+            return Err(Fed::Failed(Error::DuplicateEntry { name }));
+        }
+        if e.size() != expected.size {
+            return Err(Fed::Failed(Error::SizeMismatch {
+                name,
+                expected: expected.size,
+                actual: e.size(),
+            }));
+        }
+        send(Chunk::Begin(expected.clone()))?;
+        let mut left = expected.size;
+        while left > 0 {
+            let mut buf = free.recv().map_err(|_| Fed::WorkerGone)?;
+            let want = buf.len().min(left.min(usize::MAX as u64) as usize);
+            let n = match e.read(&mut buf[..want]) {
+                Ok(0) => {
+                    return Err(Fed::Failed(Error::Archive {
+                        reason: format!("{name} ends early: the archive is truncated"),
+                    }))
+                }
+                Ok(n) => n,
+                Err(err) => return Err(Fed::Failed(classify(err, cap))),
+            };
+            left -= n as u64;
+            send(Chunk::Data(buf, n))?;
+        }
+        send(Chunk::End)?;
+    }
+    Ok(())
+}
+
+/// The hashing side: hash each entry's bytes once, write them where the sink says, and
+/// commit or discard the entry by its digest. Stops at the first problem.
+fn hash_and_store<S: Sink>(
+    chunks: std::sync::mpsc::Receiver<Chunk>,
+    free: std::sync::mpsc::Sender<Vec<u8>>,
+    sink: &mut S,
+    progress: &dyn Progress,
+) -> Result<()> {
+    let mut current: Option<(Expected, Sha256, Option<S::W>)> = None;
+    let outcome = (|| -> Result<()> {
+        for c in chunks.iter() {
+            match c {
+                Chunk::Begin(e) => {
+                    let w = sink.open(&e)?;
+                    current = Some((e, Sha256::new(), w));
+                }
+                Chunk::Data(buf, n) => {
+                    if let Some((e, hasher, w)) = current.as_mut() {
+                        hasher.update(&buf[..n]);
+                        if let Some(out) = w.as_mut() {
+                            out.write_all(&buf[..n]).map_err(|source| Error::Io {
+                                op: "stage",
+                                path: PathBuf::from(&e.name),
+                                source,
+                            })?;
+                        }
+                        progress.advance(n as u64);
+                    }
+                    let _ = free.send(buf);
+                }
+                Chunk::End => {
+                    if let Some((e, hasher, w)) = current.take() {
+                        let actual = hex::encode(hasher.finalize());
+                        if actual != e.sha256 {
+                            if let Some(w) = w {
+                                sink.discard(&e, w);
+                            }
+                            return Err(Error::DigestMismatch {
+                                name: e.name.clone(),
+                                expected: format!("sha256:{}", e.sha256),
+                                actual: format!("sha256:{actual}"),
+                            });
+                        }
+                        if let Some(w) = w {
+                            sink.commit(&e, w)?;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    })();
+    // An entry cut short (by an error on either side) is never kept.
+    if let Some((e, _, Some(w))) = current.take() {
+        sink.discard(&e, w);
+    }
+    outcome
+}
+
 /// Read the bundle: verify its head, call `on_head`, then (unless told to stop) stream and
 /// verify every entry into `sink`. Returns the head once everything held.
-pub fn read_bundle<S: Sink>(
+pub fn read_bundle<S: Sink + Send>(
     parts: &Parts,
     on_head: &mut dyn FnMut(&Head) -> Result<Next>,
     sink: &mut S,
@@ -539,96 +690,33 @@ pub fn read_bundle<S: Sink>(
         if on_head(&h)? == Next::Stop {
             return Ok(h);
         }
-        // 3. Everything else: listed, once, of its size and digest.
+        // 3. Everything else: listed, once, of its size and digest. This thread decompresses
+        // and parses; a worker hashes and writes, so the two overlap on two cores and each
+        // byte is hashed once.
         progress.start("verifying", h.plan.total);
         let mut seen = std::collections::BTreeSet::new();
-        let mut buf = vec![0u8; 1 << 20];
-        for entry in entries {
-            let mut e = entry.map_err(|e| classify(e, limit.get()))?;
-            let name = checked_name(&e)?;
-            if name.ends_with('/') {
-                continue;
-            }
-            let Some(expected) = h.plan.entries.get(&name) else {
-                if name.starts_with(BLOB_PREFIX)
-                    || name == MANIFEST_ENTRY
-                    || name == SIGNATURES_ENTRY
-                {
-                    return Err(if name == MANIFEST_ENTRY || name == SIGNATURES_ENTRY {
-                        Error::DuplicateEntry { name }
-                    } else {
-                        Error::UnlistedEntry { name }
-                    });
-                }
-                return Err(Error::EntryName {
-                    name,
-                    reason: "it is not part of the bundle format nor listed in the signed metadata"
-                        .into(),
-                });
-            };
-            if !seen.insert(name.clone()) {
-                return Err(Error::DuplicateEntry { name });
-            }
-            if e.size() != expected.size {
-                return Err(Error::SizeMismatch {
-                    name,
-                    expected: expected.size,
-                    actual: e.size(),
-                });
-            }
-            let mut w = sink.open(expected)?;
-            let mut hasher = Sha256::new();
-            let mut left = expected.size;
-            while left > 0 {
-                let want = buf.len().min(left.min(usize::MAX as u64) as usize);
-                let n = match e.read(&mut buf[..want]) {
-                    Ok(0) => {
-                        if let Some(w) = w.take() {
-                            sink.discard(expected, w);
-                        }
-                        return Err(Error::Archive {
-                            reason: format!("{name} ends early: the archive is truncated"),
-                        });
-                    }
-                    Ok(n) => n,
-                    Err(err) => {
-                        if let Some(w) = w.take() {
-                            sink.discard(expected, w);
-                        }
-                        return Err(classify(err, limit.get()));
-                    }
-                };
-                hasher.update(&buf[..n]);
-                if let Some(out) = w.as_mut() {
-                    if let Err(err) = out.write_all(&buf[..n]) {
-                        if let Some(w) = w.take() {
-                            sink.discard(expected, w);
-                        }
-                        return Err(Error::Io {
-                            op: "stage",
-                            path: PathBuf::from(&name),
-                            source: err,
-                        });
-                    }
-                }
-                left -= n as u64;
-                progress.advance(n as u64);
-            }
-            let actual = hex::encode(hasher.finalize());
-            if actual != expected.sha256 {
-                if let Some(w) = w.take() {
-                    sink.discard(expected, w);
-                }
-                return Err(Error::DigestMismatch {
-                    name,
-                    expected: format!("sha256:{}", expected.sha256),
-                    actual: format!("sha256:{actual}"),
-                });
-            }
-            if let Some(w) = w.take() {
-                sink.commit(expected, w)?;
-            }
+        let (to_worker, from_main) = std::sync::mpsc::sync_channel::<Chunk>(CHUNKS_IN_FLIGHT);
+        let (free_tx, free_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        for _ in 0..CHUNKS_IN_FLIGHT + 2 {
+            let _ = free_tx.send(vec![0u8; CHUNK]);
         }
+        let outcome = std::thread::scope(|scope| -> Result<()> {
+            let worker = scope.spawn(|| hash_and_store(from_main, free_tx, sink, progress));
+            let fed = feed(entries, &h, &mut seen, &to_worker, &free_rx, limit.get());
+            drop(to_worker);
+            let worked = worker.join().unwrap_or_else(|_| {
+                Err(Error::Archive {
+                    reason: "the verifying thread stopped unexpectedly".into(),
+                })
+            });
+            // The worker's error explains a feed that stopped because the worker did.
+            match (fed, worked) {
+                (Err(Fed::WorkerGone), w) => w,
+                (Err(Fed::Failed(e)), _) => Err(e),
+                (Ok(()), w) => w,
+            }
+        });
+        outcome?;
         if let Some(missing) = h.plan.entries.values().find(|x| !seen.contains(&x.name)) {
             let n = h.plan.entries.len() - seen.len();
             return Err(Error::MissingEntry {
