@@ -1191,3 +1191,110 @@ fn import_killed_at_any_point_is_consistent_and_a_rerun_completes_without_rewrit
     assert_eq!(code, 0, "{o}{e}");
     assert!(crate::support::files_under(&kit.data.join("staging")).is_empty());
 }
+
+/// Run a shell pipeline, requiring success; returns stdout.
+fn sh(script: &str) -> Vec<u8> {
+    let o = Command::new("sh")
+        .args(["-c", script])
+        .output()
+        .expect("sh");
+    assert!(
+        o.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o.stdout
+}
+
+#[test]
+fn a_bundle_signed_with_openssl_as_the_format_document_shows_verifies_and_imports() {
+    let kit = Kit::new();
+    let d = kit.path("openssl");
+    std::fs::create_dir_all(&d).expect("mkdir");
+    let key = d.join("key.pem");
+    sh(&format!(
+        "openssl genpkey -algorithm ed25519 -out {}",
+        s(&key)
+    ));
+    sh(&format!(
+        "openssl pkey -in {k} -pubout -out {k}.pub",
+        k = s(&key)
+    ));
+    let (code, _, err) = cli(&[
+        "bundle",
+        "trust",
+        "add",
+        &format!("{}.pub", s(&key)),
+        "--data-dir",
+        s(&kit.data),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    // The metadata as some other producer writes it (compact JSON), signed by openssl.
+    let mut spec = Spec::good(&keys::generate());
+    let manifest = serde_json::to_vec(&spec.manifest).expect("json");
+    let mpath = d.join("bundle.json");
+    std::fs::write(&mpath, &manifest).expect("write");
+    let b64 = |script: String| {
+        String::from_utf8(sh(&script))
+            .expect("utf-8")
+            .trim()
+            .to_string()
+    };
+    let public = b64(format!(
+        "openssl pkey -in {} -pubout -outform DER | tail -c 32 | base64",
+        s(&key)
+    ));
+    let key_id = b64(format!(
+        "openssl pkey -in {} -pubout -outform DER | tail -c 32 | sha256sum | cut -c1-64",
+        s(&key)
+    ));
+    let signature = b64(format!(
+        "openssl pkeyutl -sign -inkey {} -rawin -in {} | base64 -w0",
+        s(&key),
+        s(&mpath)
+    ));
+    spec.manifest_bytes = Some(manifest);
+    spec.sig_override = Some(
+        serde_json::to_vec(&json!({"signatures": [
+            {"key_id": key_id, "public_key": public, "signature": signature}
+        ]}))
+        .expect("sig"),
+    );
+    let files = spec.write(&d.join("third-party.bundle"));
+    let (code, out, err) = cli(&[
+        "bundle",
+        "verify",
+        "--trusted-key",
+        &format!("{}.pub", s(&key)),
+        s(&files[0]),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = kit.import(&[&files[0]], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    // And palisade signs with an openssl-made key.
+    let recipe_dir = kit.path("r");
+    Image::new(21, 1000).write_layout(&recipe_dir.join("img"));
+    let recipe = write_recipe(
+        &recipe_dir,
+        "[bundle]\nname = \"o\"\nversion = \"1.0.0\"\n[[layout]]\npath = \"img\"\nkind = \"pack\"\nname = \"p\"\nversion = \"1\"\n",
+    );
+    let out_b = kit.path("o.bundle");
+    let (code, _, err) = cli(&[
+        "bundle",
+        "build",
+        s(&recipe),
+        "--key",
+        s(&key),
+        "-o",
+        s(&out_b),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = cli(&[
+        "bundle",
+        "verify",
+        "--trusted-key",
+        &format!("{}.pub", s(&key)),
+        s(&out_b),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+}
