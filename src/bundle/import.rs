@@ -339,7 +339,13 @@ pub async fn import(
             Ok(Next::Continue)
         };
         match read_bundle(&parts, &mut on_head, &mut sink, progress2.as_ref()) {
-            Ok(head) => Ok((head, sink, verdict.0, verdict.1)),
+            Ok(head) => {
+                if verdict.1 {
+                    // Imported already (perhaps by a run killed just after its commit).
+                    let _ = std::fs::remove_dir_all(&staging);
+                }
+                Ok((head, sink, verdict.0, verdict.1))
+            }
             Err(e) => {
                 // A refused bundle leaves nothing behind.
                 let _ = std::fs::remove_dir_all(&staging);
