@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod middleware;
 
 pub mod audit;
+pub mod bundle_keys;
 pub mod catalog;
 pub mod cloud_accounts;
 pub mod clusters;
@@ -92,6 +93,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .merge(clusters::routes())
         .merge(catalog::routes())
         .merge(audit::routes())
+        .merge(bundle_keys::routes())
 }
 
 /// The OpenAPI document of the API.

@@ -618,7 +618,7 @@ async fn trust(cmd: TrustCommand) -> anyhow::Result<i32> {
                         added_by: local_actor(),
                         created_at: crate::model::now(),
                     },
-                    audit("bundle trust add", format!("key {id}")),
+                    Some(audit("bundle trust add", format!("key {id}"))),
                 )
                 .await?;
             if added {
@@ -648,7 +648,7 @@ async fn trust(cmd: TrustCommand) -> anyhow::Result<i32> {
             if !store
                 .bundle_untrust_key(
                     &key_id,
-                    audit("bundle trust remove", format!("key {key_id}")),
+                    Some(audit("bundle trust remove", format!("key {key_id}"))),
                 )
                 .await?
             {

@@ -118,11 +118,16 @@ impl Store {
         .await
     }
 
-    /// Trust `key` (audited in the same transaction); false if it was trusted already.
-    pub async fn bundle_trust_key(&self, key: TrustedKey, audit: AuditEntry) -> Result<bool> {
+    /// Trust `key` (with `audit`, audited in the same transaction: offline commands; the API's
+    /// middleware audits its requests itself); false if it was trusted already.
+    pub async fn bundle_trust_key(
+        &self,
+        key: TrustedKey,
+        audit: Option<AuditEntry>,
+    ) -> Result<bool> {
         self.write(move |tx, _| {
             let added = insert_key(tx, &key)?;
-            if added {
+            if let (true, Some(audit)) = (added, audit) {
                 append_tx(tx, audit, now())?;
             }
             Ok(added)
@@ -130,8 +135,12 @@ impl Store {
         .await
     }
 
-    /// Stop trusting key `key_id` (audited); false if it was not trusted.
-    pub async fn bundle_untrust_key(&self, key_id: &str, audit: AuditEntry) -> Result<bool> {
+    /// Stop trusting key `key_id` (audited like [`Store::bundle_trust_key`]); false if it was not trusted.
+    pub async fn bundle_untrust_key(
+        &self,
+        key_id: &str,
+        audit: Option<AuditEntry>,
+    ) -> Result<bool> {
         let key_id = key_id.to_string();
         self.write(move |tx, _| {
             let n = tx
@@ -140,7 +149,7 @@ impl Store {
                     [&key_id],
                 )
                 .map_err(Error::sql("untrust bundle key"))?;
-            if n > 0 {
+            if let (true, Some(audit)) = (n > 0, audit) {
                 append_tx(tx, audit, now())?;
             }
             Ok(n > 0)

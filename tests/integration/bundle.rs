@@ -1298,3 +1298,137 @@ fn a_bundle_signed_with_openssl_as_the_format_document_shows_verifies_and_import
     ]);
     assert_eq!(code, 0, "{out}{err}");
 }
+
+#[tokio::test]
+async fn system_admins_manage_trusted_bundle_keys_through_the_api_and_import_honours_them() {
+    let kit = Kit::new();
+    let other = kit.path("api.pem");
+    assert_eq!(cli(&["bundle", "keygen", "-o", s(&other)]).0, 0);
+    let pem = std::fs::read_to_string(kit.path("api.pem.pub")).expect("pub");
+    let id = keys::key_id(&keys::parse_public(&pem).expect("key"));
+    let mut app = TestApp::start_in(&kit.data, &[]);
+    let admin = app.login_token("admin", PASSWORD).await;
+    let (status, list) = admin.get("/v1/settings/bundle-keys").await;
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(
+        list.as_array().map(Vec::len),
+        Some(1),
+        "the key trusted offline: {list}"
+    );
+    let (status, body) = admin
+        .post(
+            "/v1/settings/bundle-keys",
+            json!({"public_key": pem, "comment": "2027 key"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["key_id"], id);
+    assert_eq!(body["added_by"], "admin");
+    let (status, body) = admin
+        .post("/v1/settings/bundle-keys", json!({"public_key": pem}))
+        .await;
+    assert_eq!(status, 409, "{body}");
+    let (status, body) = admin
+        .post(
+            "/v1/settings/bundle-keys",
+            json!({"public_key": "not a key"}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("public_key"), "{body}");
+    // Not for other users.
+    let t = crate::support::tenant_fixture(&admin, "acme").await;
+    let viewer = crate::support::user_with_role(
+        &app,
+        &admin,
+        "acme-admin",
+        Some(&t.tenant),
+        "tenant-admin",
+        json!({"tenant_id": t.tenant}),
+    )
+    .await;
+    assert_eq!(viewer.get("/v1/settings/bundle-keys").await.0, 403);
+    let r = viewer
+        .send(
+            Method::DELETE,
+            &format!("/v1/settings/bundle-keys/{id}"),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 403);
+    let (_, audit) = admin.get("/v1/audit?action=bundle-keys").await;
+    assert!(
+        audit.as_array().is_some_and(|a| a.len() >= 3),
+        "changes and refusals are audited: {audit}"
+    );
+    app.stop();
+
+    // A bundle signed by the key added through the API imports.
+    let work = kit.path("src");
+    Image::new(31, 5000).write_layout(&work.join("img"));
+    let recipe = write_recipe(
+        &work,
+        "[bundle]\nname = \"api\"\nversion = \"1.0.0\"\n[[layout]]\npath = \"img\"\nkind = \"container-image\"\nname = \"a\"\nversion = \"v1\"\n",
+    );
+    let out = kit.path("api.bundle");
+    assert_eq!(
+        cli(&[
+            "bundle",
+            "build",
+            s(&recipe),
+            "--key",
+            s(&other),
+            "-o",
+            s(&out)
+        ])
+        .0,
+        0
+    );
+    let (code, o, e) = kit.import(&[&out], &[]);
+    assert_eq!(code, 0, "{o}{e}");
+
+    // Removed through the API, the key no longer opens the door.
+    let app = TestApp::start_in(&kit.data, &[]);
+    let admin = app.login_token("admin", PASSWORD).await;
+    let r = admin
+        .send(
+            Method::DELETE,
+            &format!("/v1/settings/bundle-keys/{id}"),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    let r = admin
+        .send(
+            Method::DELETE,
+            &format!("/v1/settings/bundle-keys/{id}"),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 404);
+    drop(app);
+    let out2 = kit.path("api2.bundle");
+    let recipe = write_recipe(
+        &work,
+        "[bundle]\nname = \"api\"\nversion = \"1.1.0\"\n[[layout]]\npath = \"img\"\nkind = \"container-image\"\nname = \"a\"\nversion = \"v1\"\n",
+    );
+    assert_eq!(
+        cli(&[
+            "bundle",
+            "build",
+            s(&recipe),
+            "--key",
+            s(&other),
+            "-o",
+            s(&out2)
+        ])
+        .0,
+        0
+    );
+    let (code, _, e) = kit.import(&[&out2], &[]);
+    assert_eq!(code, 1);
+    assert!(e.contains("none of which is trusted"), "{e}");
+}
