@@ -13,6 +13,7 @@ pub mod middleware;
 
 pub mod audit;
 pub mod bundle_keys;
+pub mod bundles;
 pub mod catalog;
 pub mod cloud_accounts;
 pub mod clusters;
@@ -94,6 +95,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .merge(catalog::routes())
         .merge(audit::routes())
         .merge(bundle_keys::routes())
+        .merge(bundles::routes())
 }
 
 /// The OpenAPI document of the API.

@@ -272,12 +272,16 @@ fn manifests_of(sink: &StagingSink, a: &Artifact) -> Result<Vec<NewManifest>> {
 }
 
 /// Import the bundle in `files` (its parts, in any order) into the data directory `dir`.
+/// `running` is the registry of the appliance when it imports while serving (an upload
+/// through the API): the move into place and the commit then hold its collector off. Offline,
+/// the caller holds the data directory's lock instead.
 pub async fn import(
     dir: &DataDir,
     store: &Store,
     files: &[PathBuf],
     opts: &ImportOptions,
     progress: Arc<dyn Progress>,
+    running: Option<&crate::registry::Registry>,
 ) -> Result<ImportReport> {
     let ctx = Context {
         trusted: store
@@ -416,6 +420,12 @@ pub async fn import(
         }
     }
     // Phase 2: move into place. Every staged file verified; present ones stay untouched.
+    // While serving, the collector must not run between the check that a file is in place
+    // and the commit that references it.
+    let _no_collector = match running {
+        Some(r) => Some(r.reachability_guard().await),
+        None => None,
+    };
     let entries: Vec<Expected> = head.plan.entries.values().cloned().collect();
     let sink = tokio::task::spawn_blocking(move || -> Result<StagingSink> {
         sync_dir(&sink.staging)?;
@@ -423,6 +433,19 @@ pub async fn import(
         for e in entries {
             let staged = sink.staged(&e);
             if !staged.exists() {
+                // Hashed but not staged because its file was in place: it still must be
+                // (an unreferenced file can be collected meanwhile); if not, nothing is
+                // recorded and a re-run writes it.
+                if let Some(fin) = sink.final_path(&e) {
+                    if !fin.exists() {
+                        return Err(Error::MissingEntry {
+                            what: format!(
+                                "{} in the data directory (it was there when the import began): run the import again",
+                                e.name
+                            ),
+                        });
+                    }
+                }
                 continue;
             }
             match e.destination {

@@ -554,7 +554,7 @@ pub(super) async fn run(cmd: BundleCommand) -> anyhow::Result<i32> {
                 actor: local_actor(),
             };
             let progress = CliProgress::new();
-            let report = import(&dir, &store, &files, &opts, progress).await?;
+            let report = import(&dir, &store, &files, &opts, progress, None).await?;
             let m = &report.head.manifest;
             if report.already_imported {
                 println!(

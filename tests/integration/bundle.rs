@@ -1432,3 +1432,134 @@ async fn system_admins_manage_trusted_bundle_keys_through_the_api_and_import_hon
     assert_eq!(code, 1);
     assert!(e.contains("none of which is trusted"), "{e}");
 }
+
+#[tokio::test]
+async fn a_bundle_uploaded_in_resumable_chunks_through_the_api_is_imported_into_the_running_appliance(
+) {
+    let kit = Kit::new();
+    let work = kit.path("src");
+    let image = Image::new(41, 300_000);
+    image.write_layout(&work.join("img"));
+    let recipe = write_recipe(
+        &work,
+        "[bundle]\nname = \"uploaded\"\nversion = \"1.0.0\"\n[[layout]]\npath = \"img\"\nkind = \"pack\"\nname = \"csi-demo\"\nversion = \"0.3.0\"\n",
+    );
+    let out = kit.path("up.bundle");
+    assert_eq!(
+        cli(&[
+            "bundle",
+            "build",
+            s(&recipe),
+            "--key",
+            s(&kit.key),
+            "-o",
+            s(&out)
+        ])
+        .0,
+        0
+    );
+    let bytes = std::fs::read(&out).expect("bundle");
+    let stranger = kit.path("stranger.pem");
+    assert_eq!(cli(&["bundle", "keygen", "-o", s(&stranger)]).0, 0);
+    let out2 = kit.path("untrusted.bundle");
+    let recipe2 = write_recipe(
+        &work,
+        "[bundle]\nname = \"other\"\nversion = \"1.0.0\"\n[[layout]]\npath = \"img\"\nkind = \"container-image\"\nname = \"x/y\"\nversion = \"1\"\n",
+    );
+    assert_eq!(
+        cli(&[
+            "bundle",
+            "build",
+            s(&recipe2),
+            "--key",
+            s(&stranger),
+            "-o",
+            s(&out2)
+        ])
+        .0,
+        0
+    );
+
+    let app = TestApp::start_in(&kit.data, &[]);
+    let admin = app.login_token("admin", PASSWORD).await;
+    let upload = |bytes: Vec<u8>, offset: u64, id: String| {
+        let admin = admin.clone();
+        async move {
+            crate::support::call(
+                &admin,
+                Method::PATCH,
+                &format!("/v1/bundle-uploads/{id}"),
+                &[
+                    ("content-type", "application/octet-stream"),
+                    ("upload-offset", &offset.to_string()),
+                ],
+                Some(bytes),
+            )
+            .await
+        }
+    };
+    let (status, created) = admin.post("/v1/bundle-uploads", json!({})).await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().expect("id").to_string();
+    // First half, then a chunk at the wrong offset (as after a dropped connection), then
+    // resume from the offset the session reports.
+    let half = bytes.len() / 2;
+    let r = upload(bytes[..half].to_vec(), 0, id.clone()).await;
+    assert_eq!(r.status, 204, "{}", r.describe());
+    assert_eq!(r.header("upload-offset"), half.to_string());
+    let r = upload(bytes[half..].to_vec(), 0, id.clone()).await;
+    assert_eq!(r.status, 409, "{}", r.describe());
+    assert!(String::from_utf8_lossy(&r.body).contains(&format!("Upload-Offset: {half}")));
+    let (_, state) = admin.get(&format!("/v1/bundle-uploads/{id}")).await;
+    let offset = state["offset"].as_u64().expect("offset");
+    let r = upload(bytes[offset as usize..].to_vec(), offset, id.clone()).await;
+    assert_eq!(r.status, 204, "{}", r.describe());
+    let (status, body) = admin
+        .post(&format!("/v1/bundle-uploads/{id}/import"), json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["name"], "uploaded");
+    assert_eq!(body["trusted"], true);
+    let r = plain(
+        &admin,
+        Method::GET,
+        "/v2/shared/packs/csi-demo/manifests/0.3.0",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.describe());
+    assert_eq!(r.body, image.manifest);
+    assert_eq!(
+        admin.get(&format!("/v1/bundle-uploads/{id}")).await.0,
+        404,
+        "session removed"
+    );
+
+    // An untrusted bundle is refused (nothing imported), then allowed once by the admin.
+    let (_, created) = admin.post("/v1/bundle-uploads", json!({})).await;
+    let id2 = created["id"].as_str().expect("id").to_string();
+    let r = upload(std::fs::read(&out2).expect("bundle"), 0, id2.clone()).await;
+    assert_eq!(r.status, 204, "{}", r.describe());
+    let (status, body) = admin
+        .post(&format!("/v1/bundle-uploads/{id2}/import"), json!({}))
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.to_string().contains("none of which is trusted"),
+        "{body}"
+    );
+    let r = plain(&admin, Method::GET, "/v2/shared/images/x/y/manifests/1").await;
+    assert_eq!(r.status, 404);
+    let (status, body) = admin
+        .post(
+            &format!("/v1/bundle-uploads/{id2}/import"),
+            json!({"allow_untrusted": true}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["trusted"], false);
+    let (_, audit) = admin.get("/v1/audit?action=bundle%20import").await;
+    assert!(
+        audit.to_string().contains("allowed by --allow-untrusted"),
+        "{audit}"
+    );
+}
