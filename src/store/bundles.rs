@@ -269,6 +269,27 @@ impl Store {
         .await
     }
 
+    /// Every imported file artifact (kind other than pack and container-image): its bundle
+    /// (`name version`), kind, name, version, digest and path relative to the data directory.
+    pub async fn bundle_file_artifacts(&self) -> Result<Vec<[String; 6]>> {
+        self.read(|c| {
+            let mut stmt = c
+                .prepare(
+                    "SELECT i.name || ' ' || i.version, a.kind, a.name, a.version, a.digest, a.location
+                     FROM bundle_artifacts a JOIN bundle_imports i ON i.id = a.import_id
+                     WHERE a.location NOT LIKE 'registry:%' ORDER BY a.digest",
+                )
+                .map_err(Error::sql("list bundle file artifacts"))?;
+            let rows = stmt
+                .query_map([], |r| Ok([r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?]))
+                .map_err(Error::sql("list bundle file artifacts"))?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(Error::sql("list bundle file artifacts"))?;
+            Ok(rows)
+        })
+        .await
+    }
+
     /// The artifacts recorded for bundle `name` `version`: (kind, name, version, digest, location).
     pub async fn bundle_artifacts(
         &self,

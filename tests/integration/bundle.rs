@@ -370,6 +370,17 @@ kind = "appliance-image"
     assert!(stdout.contains("imported already"), "{stdout}");
     let (code, stdout, err) = cli(&["admin", "check", "--deep", "--data-dir", s(&kit.data)]);
     assert_eq!(code, 0, "{stdout}{err}");
+    assert!(stdout.contains("2 file(s) present"), "{stdout}");
+    // A damaged artifact file is found by admin check, naming the bundle.
+    let original = std::fs::read(&stored).expect("read");
+    std::fs::write(&stored, b"damaged").expect("damage");
+    let (code, stdout, _) = cli(&["admin", "check", "--deep", "--data-dir", s(&kit.data)]);
+    assert_eq!(code, 3, "{stdout}");
+    assert!(
+        stdout.contains("bundle sample-platform 1.0.0: appliance-image appliance 0.2.0"),
+        "{stdout}"
+    );
+    std::fs::write(&stored, original).expect("repair");
 
     // The appliance serves the imported image.
     let app = TestApp::start_in(&kit.data, &[]);
