@@ -107,7 +107,7 @@ fi
 start_server() {
     local dir="$1" out="$WORK/server-$RANDOM.out" n
     SERVER_PORT="$(python3 "$HELPER" freeport)"
-    "$BIN" serve --data-dir "$dir" --listen "127.0.0.1:$SERVER_PORT" \
+    "$BIN" serve --data-dir "$dir" --listen "127.0.0.1:$SERVER_PORT" --broker-listen 127.0.0.1:0 \
         >"$out" 2>>"$WORK/server.log" </dev/null &
     SERVER_PID=$!
     echo "$SERVER_PID" >>"$PIDFILE"

@@ -97,7 +97,7 @@ def cmd_coldstart(a) -> None:
         log = open(a.log, "ab")
         t0 = time.monotonic_ns()
         proc = subprocess.Popen(
-            [a.bin, "serve", "--data-dir", a.dir, "--listen", f"127.0.0.1:{port}"],
+            [a.bin, "serve", "--data-dir", a.dir, "--listen", f"127.0.0.1:{port}", "--broker-listen", "127.0.0.1:0"],
             stdout=subprocess.DEVNULL,
             stderr=log,
             stdin=subprocess.DEVNULL,

@@ -28,6 +28,16 @@ pub enum Error {
     Pki(#[from] crate::pki::Error),
     #[error("cannot open the registry's blob store")]
     Registry(#[from] crate::registry::blobs::Error),
+    #[error("cannot open the message broker's log")]
+    BrokerLog(#[from] crate::broker::log::Error),
+    #[error("cannot set up the broker's TLS: {0}")]
+    BrokerTls(#[source] rustls::Error),
+    #[error("cannot listen on {addr} for the broker: {source} (is another service using the port? choose another with --broker-listen)")]
+    BrokerBind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot listen on {addr}: {source} (is another service using the port? choose another with --listen)")]
     Bind {
         addr: SocketAddr,
@@ -50,6 +60,14 @@ pub struct App {
     pub console: crate::console::Console,
     /// The OCI registry's blob store and upload state.
     pub registry: crate::registry::Registry,
+    /// The message broker core.
+    pub broker: crate::broker::Broker,
+    /// The appliance's own broker client (in process: same semantics, no network hop).
+    pub bus: crate::broker::client::Client,
+    /// Client certificates the broker accepts; updated as they are issued and revoked.
+    pub broker_peers: Arc<crate::broker::peers::PeerDirectory>,
+    /// The internal CA, for issuing broker client certificates.
+    pub pki: Pki,
     pub started: Instant,
     /// The OpenAPI document, rendered on first request.
     pub openapi: OnceLock<String>,
@@ -58,6 +76,7 @@ pub struct App {
 /// What `serve` prints once it is ready.
 pub struct Ready {
     pub listen: SocketAddr,
+    pub broker_listen: SocketAddr,
     pub console_url: String,
     pub ca_fingerprint: String,
     /// Present while no account exists: opens the setup page.
@@ -70,6 +89,8 @@ pub struct Appliance {
     listener: std::net::TcpListener,
     tls: Arc<rustls::ServerConfig>,
     redirect: Option<std::net::TcpListener>,
+    broker_listener: std::net::TcpListener,
+    broker_tls: Arc<rustls::ServerConfig>,
     _lock: DirLock,
     pub ready: Ready,
 }
@@ -104,8 +125,46 @@ pub async fn start(config: ServeConfig) -> Result<Appliance, Error> {
         (Some(cert), Some(key)) => pki::load_identity(cert, key)?,
         _ => pki.issue_server_identity(&pki::local_names(&config.extra_names))?,
     };
+    let broker_tls = crate::broker::service::tls_config(
+        pki::Identity {
+            chain: identity.chain.clone(),
+            key: identity.key.clone_key(),
+        },
+        pki.ca_der().to_vec(),
+    )
+    .map_err(Error::BrokerTls)?;
     let tls = pki::server_config(identity)?;
     let listener = bind(config.listen)?;
+    let broker_listener = bind(config.broker_listen).map_err(|e| match e {
+        Error::Bind { addr, source } => Error::BrokerBind { addr, source },
+        other => other,
+    })?;
+    let broker_listen = broker_listener
+        .local_addr()
+        .map_err(|source| Error::BrokerBind {
+            addr: config.broker_listen,
+            source,
+        })?;
+    let log =
+        crate::broker::log::Log::open(crate::broker::log::LogConfig::new(dir.broker_dir())).await?;
+    let broker = crate::broker::Broker::new(log, crate::broker::BrokerConfig::default());
+    let broker_peers = Arc::new(crate::broker::peers::PeerDirectory::new(
+        store
+            .broker_certificates()
+            .await?
+            .into_iter()
+            .filter_map(|c| {
+                let kind = crate::broker::access::PeerKind::parse(&c.kind)?;
+                Some((
+                    c.serial,
+                    crate::broker::peers::KnownCert {
+                        kind,
+                        subject: c.subject,
+                        revoked: c.revoked_at.is_some(),
+                    },
+                ))
+            }),
+    ));
     let listen = listener.local_addr().map_err(|source| Error::Bind {
         addr: config.listen,
         source,
@@ -138,12 +197,17 @@ pub async fn start(config: ServeConfig) -> Result<Appliance, Error> {
         lists: Default::default(),
         console: crate::console::Console::default(),
         registry,
+        bus: crate::broker::client::Client::local(broker.clone()),
+        broker,
+        broker_peers,
+        pki,
         started: Instant::now(),
         openapi: OnceLock::new(),
     });
     Ok(Appliance {
         ready: Ready {
             listen,
+            broker_listen,
             console_url,
             ca_fingerprint: app.ca_fingerprint.clone(),
             setup_token,
@@ -152,6 +216,8 @@ pub async fn start(config: ServeConfig) -> Result<Appliance, Error> {
         listener,
         tls,
         redirect,
+        broker_listener,
+        broker_tls,
         _lock: lock,
     })
 }
@@ -185,12 +251,47 @@ impl Appliance {
         tokio::spawn(crate::registry::collect_garbage_periodically(
             self.app.clone(),
         ));
+        let app = self.app.clone();
+        tokio::spawn(async move {
+            match crate::orchestrator::desired::publish_missing(&app.bus, &app.broker, &app.store)
+                .await
+            {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    clusters = n,
+                    "published desired state missing from the broker"
+                ),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot list clusters to publish their desired state")
+                }
+            }
+        });
         let stopper = handle.clone();
+        let (stop_broker, broker_stopped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
             shutdown.await;
             tracing::info!("shutting down: finishing requests in flight");
+            let _ = stop_broker.send(());
             stopper.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
         });
+        let broker_listener =
+            tokio::net::TcpListener::from_std(self.broker_listener).map_err(Error::Serve)?;
+        let service = crate::broker::service::BrokerService::new(
+            self.app.broker.clone(),
+            self.app.broker_peers.clone(),
+        );
+        let broker_tls = self.broker_tls;
+        tokio::spawn(async move {
+            let stopped = async {
+                let _ = broker_stopped.await;
+            };
+            if let Err(e) =
+                crate::broker::service::serve(broker_listener, broker_tls, service, stopped).await
+            {
+                tracing::error!(error = %e, "the broker listener stopped");
+            }
+        });
+        let log = self.app.broker.log().clone();
         // TCP_NODELAY: without it the small TLS 1.3 session ticket sent after the handshake holds
         // the first response back until the client's delayed ACK (about 40 ms per new connection).
         let acceptor = RustlsAcceptor::new(RustlsConfig::from_config(self.tls))
@@ -200,7 +301,12 @@ impl Appliance {
             .handle(handle)
             .serve(router.into_make_service_with_connect_info::<SocketAddr>())
             .await
-            .map_err(Error::Serve)
+            .map_err(Error::Serve)?;
+        // Everything acknowledged is already durable; closing only stops the writer cleanly.
+        if let Err(e) = log.close().await {
+            tracing::warn!(error = %e, "closing the broker log failed");
+        }
+        Ok(())
     }
 }
 

@@ -24,6 +24,11 @@ pub struct ServeConfig {
     #[arg(long, env = "PALISADE_LISTEN", default_value = "0.0.0.0:8443")]
     pub listen: SocketAddr,
 
+    /// Address and port of the message broker (gRPC, mutual TLS with client certificates
+    /// issued by the appliance).
+    #[arg(long, env = "PALISADE_BROKER_LISTEN", default_value = "0.0.0.0:8444")]
+    pub broker_listen: SocketAddr,
+
     /// PEM certificate chain to serve instead of one issued by the internal CA (needs --tls-key).
     #[arg(long, env = "PALISADE_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,

@@ -5,6 +5,7 @@
 //!   state.db              SQLite database (WAL)
 //!   secret.key            key sealing stored credentials (0600)
 //!   pki/ca.crt, ca.key    internal CA (key 0600)
+//!   broker/               message broker log: topics/<name>/, groups/ (see docs/broker-log.md)
 //!   registry/             OCI registry: blobs/sha256/<2 hex>/<64 hex>, uploads/<uuid>,
 //!                         gc.lock (collector vs. admin backup/check, see registry::collector_lock)
 //!   artifacts/sha256/<2 hex>/<64 hex>
@@ -99,6 +100,11 @@ impl DataDir {
     /// The internal CA's directory.
     pub fn pki_dir(&self) -> PathBuf {
         self.root.join("pki")
+    }
+
+    /// The message broker's log: topics, consumer group positions.
+    pub fn broker_dir(&self) -> PathBuf {
+        self.root.join("broker")
     }
 
     /// The OCI registry's blob store and upload files.

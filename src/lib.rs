@@ -14,6 +14,7 @@ pub mod config;
 pub mod console;
 pub mod datadir;
 pub mod model;
+pub mod orchestrator;
 pub mod pki;
 pub mod registry;
 pub mod secrets;

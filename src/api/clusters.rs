@@ -15,6 +15,7 @@ use super::extract::{ApiJson, ApiQuery, Auth, Created, IfMatch, Tagged};
 use super::tenancy::{editable, editable_project, readable};
 use super::{list_cache, AppState};
 use crate::model::{page_limit, Cluster, NewCluster, Page, Principal, UpdateCluster};
+use crate::orchestrator::desired;
 use crate::store::ClusterFilter;
 
 /// Routes of this module.
@@ -46,7 +47,9 @@ pub async fn add_cluster(
 ) -> Result<Cluster, ApiError> {
     new.validate()?;
     let project = editable_project(app, p, &new.project_id).await?;
-    Ok(app.store.insert_cluster(project.tenant_id, new).await?)
+    let cluster = app.store.insert_cluster(project.tenant_id, new).await?;
+    desired::publish(&app.bus, &app.store, &cluster).await;
+    Ok(cluster)
 }
 
 /// List clusters the caller can see.
@@ -116,6 +119,7 @@ async fn update_cluster(
     editable(&p, app.store.cluster(&id).await, "cluster")?;
     u.validate()?;
     let c = app.store.update_cluster(&id, v, u).await?;
+    desired::publish(&app.bus, &app.store, &c).await;
     Ok(Tagged(c.version, c))
 }
 
@@ -128,7 +132,8 @@ async fn delete_cluster(
     Path(id): Path<String>,
     IfMatch(v): IfMatch,
 ) -> Result<StatusCode, ApiError> {
-    editable(&p, app.store.cluster(&id).await, "cluster")?;
+    let c = editable(&p, app.store.cluster(&id).await, "cluster")?;
     app.store.delete_cluster(&id, v).await?;
+    desired::publish_deleted(&app.bus, &id, c.version).await;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -71,6 +71,8 @@ pub struct Gauges {
     pub schema_version: i64,
     pub db_bytes: u64,
     pub rows: Vec<(&'static str, i64)>,
+    pub topics: Vec<crate::broker::TopicStats>,
+    pub groups: Vec<crate::broker::GroupStats>,
 }
 
 impl Metrics {
@@ -131,6 +133,53 @@ impl Metrics {
                 .iter()
                 .map(|(t, n)| (format!("{{table=\"{t}\"}}"), n.to_string()))
                 .collect(),
+        );
+        let per_topic = |f: &dyn Fn(&crate::broker::TopicStats) -> u64| {
+            g.topics
+                .iter()
+                .map(|t| (format!("{{topic=\"{}\"}}", t.topic), f(t).to_string()))
+                .collect::<Vec<_>>()
+        };
+        gauge(
+            "broker_topic_depth",
+            "Messages kept in a broker topic",
+            per_topic(&|t| t.depth),
+        );
+        gauge(
+            "broker_topic_bytes",
+            "Bytes of a broker topic's segments",
+            per_topic(&|t| t.bytes),
+        );
+        let per_group = |f: &dyn Fn(&crate::broker::GroupStats) -> u64| {
+            g.groups
+                .iter()
+                .map(|s| {
+                    (
+                        format!("{{group=\"{}\",topic=\"{}\"}}", s.group, s.topic),
+                        f(s).to_string(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        gauge(
+            "broker_group_lag",
+            "Messages of the topic after the consumer group's position",
+            per_group(&|s| s.lag),
+        );
+        gauge(
+            "broker_group_in_flight",
+            "Deliveries of the group awaiting an ack",
+            per_group(&|s| s.in_flight),
+        );
+        gauge(
+            "broker_group_redeliveries",
+            "Messages delivered again to the group (since its dispatcher started)",
+            per_group(&|s| s.redelivered),
+        );
+        gauge(
+            "broker_group_dead_letters",
+            "Messages of the group moved to its dead-letter topic (since its dispatcher started)",
+            per_group(&|s| s.dead_lettered),
         );
         let (rss, threads, fds) = process_figures();
         gauge(

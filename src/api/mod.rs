@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod middleware;
 
 pub mod audit;
+pub mod broker;
 pub mod bundle_keys;
 pub mod bundles;
 pub mod catalog;
@@ -59,6 +60,7 @@ pub type AppState = Arc<App>;
         (name = "clusters", description = "Clusters: spec and observed status"),
         (name = "catalog", description = "Packs and events"),
         (name = "audit", description = "Tamper-evident audit log"),
+        (name = "broker", description = "Message broker: client certificates, topics and consumer groups"),
     )
 )]
 struct ApiDoc;
@@ -94,6 +96,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .merge(clusters::routes())
         .merge(catalog::routes())
         .merge(audit::routes())
+        .merge(broker::routes())
         .merge(bundle_keys::routes())
         .merge(bundles::routes())
 }

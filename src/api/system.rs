@@ -63,6 +63,8 @@ async fn metrics(State(app): State<AppState>, Auth(p): Auth) -> Result<Response,
         schema_version,
         db_bytes,
         rows,
+        topics: app.broker.topic_stats(),
+        groups: app.broker.group_stats(),
     });
     Ok((
         [(

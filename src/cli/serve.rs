@@ -40,6 +40,7 @@ pub(super) async fn run(config: ServeConfig) -> anyhow::Result<i32> {
     writeln!(out, "Palisade {} is ready.", crate::VERSION)?;
     writeln!(out, "  Console:        {}", r.console_url)?;
     writeln!(out, "  Listening on:   {}", r.listen)?;
+    writeln!(out, "  Broker (gRPC):  {}", r.broker_listen)?;
     writeln!(out, "  CA fingerprint: SHA256 {}", r.ca_fingerprint)?;
     if let Some(token) = &r.setup_token {
         writeln!(out, "  Setup token:    {token}")?;

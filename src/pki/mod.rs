@@ -179,6 +179,82 @@ impl Pki {
     }
 }
 
+/// A client certificate issued for the broker, with its freshly generated key.
+pub struct ClientCertificate {
+    /// Serial number as lower-case hex, as the broker looks it up.
+    pub serial: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub not_after: time::OffsetDateTime,
+}
+
+impl Pki {
+    /// The CA certificate in DER, for TLS verifiers.
+    pub fn ca_der(&self) -> &[u8] {
+        &self.ca_der
+    }
+
+    /// Issue a client certificate named by the URI `uri` (`urn:palisade:<kind>:<subject>`),
+    /// valid for `days`. Broker peers (`server_too`) may also serve with it.
+    pub fn issue_client_certificate(
+        &self,
+        common_name: &str,
+        uri: &str,
+        days: i64,
+        server_too: bool,
+    ) -> Result<ClientCertificate> {
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, common_name);
+        dn.push(DnType::OrganizationName, "Palisade");
+        params.distinguished_name = dn;
+        let uri = rcgen::Ia5String::try_from(uri).map_err(|source| Error::Generate {
+            op: "name the client certificate",
+            source,
+        })?;
+        params.subject_alt_names = vec![SanType::URI(uri)];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        if server_too {
+            params
+                .extended_key_usages
+                .push(ExtendedKeyUsagePurpose::ServerAuth);
+        }
+        // A positive serial whose first byte is non-zero, so its DER bytes are exactly these.
+        let mut serial: [u8; 16] = rand::random();
+        serial[0] = (serial[0] & 0x7f).max(1);
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::hours(1);
+        let not_after = now + time::Duration::days(days);
+        params.not_after = not_after;
+        let key = KeyPair::generate().map_err(|source| Error::Generate {
+            op: "generate client key",
+            source,
+        })?;
+        let issuer = self
+            .ca_params
+            .clone()
+            .self_signed(&self.ca_key)
+            .map_err(|source| Error::Generate {
+                op: "load CA for signing",
+                source,
+            })?;
+        let cert = params
+            .signed_by(&key, &issuer, &self.ca_key)
+            .map_err(|source| Error::Generate {
+                op: "sign client certificate",
+                source,
+            })?;
+        Ok(ClientCertificate {
+            serial: hex::encode(serial),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            not_after,
+        })
+    }
+}
+
 /// SHA-256 of DER bytes as colon-separated upper-case hex.
 pub fn fingerprint(der: &[u8]) -> String {
     Sha256::digest(der)

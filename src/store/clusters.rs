@@ -144,6 +144,22 @@ impl Store {
         .await
     }
 
+    /// Every cluster, for reconcilers (not paged: one row is small and clusters are few).
+    pub async fn all_clusters(&self) -> Result<Vec<Cluster>> {
+        self.read(|c| {
+            let mut stmt = c
+                .prepare(&format!("{COLUMNS} ORDER BY id"))
+                .map_err(Error::sql("list clusters"))?;
+            let rows = stmt
+                .query_map([], row)
+                .map_err(Error::sql("list clusters"))?
+                .collect::<rusqlite::Result<Vec<_>>>()
+                .map_err(Error::sql("list clusters"))?;
+            Ok(rows)
+        })
+        .await
+    }
+
     /// Clusters visible under `v`, filtered.
     pub async fn list_clusters(
         &self,

@@ -249,7 +249,22 @@ CREATE TABLE audit_pending (
     source TEXT NOT NULL
 );
 "#,
-    // 4: offline bundles: the public keys trusted to sign them, what was imported (for
+    // 4: client certificates issued to broker peers (agents, gateways, other brokers). The
+    // broker accepts a certificate only if its serial is here and not revoked.
+    r#"
+CREATE TABLE broker_certificates (
+    serial TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    issued_at INTEGER NOT NULL,
+    not_after INTEGER NOT NULL,
+    issued_by TEXT NOT NULL,
+    revoked_at INTEGER,
+    revoked_by TEXT
+);
+CREATE INDEX broker_certificates_subject ON broker_certificates(kind, subject);
+"#,
+    // 5: offline bundles: the public keys trusted to sign them, what was imported (for
     // rollback protection and audit), and where each artifact went.
     r#"
 CREATE TABLE bundle_trusted_keys (

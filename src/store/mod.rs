@@ -9,6 +9,7 @@
 mod audit;
 mod auth;
 mod backup;
+mod broker_certs;
 mod bundles;
 mod cloud_accounts;
 mod clusters;
@@ -23,6 +24,7 @@ mod users;
 pub use audit::{AuditEntry, AuditFilter, AuditRecord, ChainReport};
 pub use auth::{LoginCandidate, LoginOutcome, SessionInfo, SESSION_TTL};
 pub use backup::{backup_to, referenced_blobs, restore_from};
+pub use broker_certs::BrokerCertificate;
 pub use bundles::{BundleImport, ImportArtifact, ImportRepository, ImportedBundle, TrustedKey};
 pub use clusters::ClusterFilter;
 pub use error::{Error, Found, Result};

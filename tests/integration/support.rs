@@ -27,6 +27,8 @@ pub struct TestApp {
     _tmp: Option<tempfile::TempDir>,
     child: Option<Child>,
     pub base: String,
+    /// The broker's gRPC address (host:port).
+    pub broker: String,
     pub setup_token: Option<String>,
     pub fingerprint: String,
     pub stdout: Vec<String>,
@@ -50,8 +52,13 @@ impl TestApp {
             .append(true)
             .open(dir.with_extension("log"))
             .expect("log file");
-        let mut child = Command::new(exe())
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        let mut cmd = Command::new(exe());
+        cmd.args(["serve", "--listen", "127.0.0.1:0"]);
+        if !extra.contains(&"--broker-listen") {
+            cmd.args(["--broker-listen", "127.0.0.1:0"]);
+        }
+        let mut child = cmd
+            .arg("--data-dir")
             .arg(dir)
             .args(extra)
             .env("PALISADE_LOG", "info")
@@ -102,6 +109,7 @@ impl TestApp {
             _tmp: None,
             child: Some(child),
             base: format!("https://{listen}"),
+            broker: field("Broker (gRPC):").expect("broker line"),
             setup_token: field("Setup token:"),
             fingerprint: field("CA fingerprint: SHA256").expect("fingerprint"),
             stdout: banner,
@@ -305,6 +313,12 @@ impl Api {
     /// GET and return status and body.
     pub async fn get(&self, path: &str) -> (StatusCode, Value) {
         self.call(Method::GET, path, None).await
+    }
+
+    /// GET and return status and the body as text.
+    pub async fn get_text(&self, path: &str) -> (StatusCode, String) {
+        let r = self.send(Method::GET, path, None, &[]).await;
+        (r.status, r.text)
     }
 
     /// POST and return status and body.

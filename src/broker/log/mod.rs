@@ -385,6 +385,18 @@ impl Log {
         topic: &TopicName,
         records: Vec<NewRecord>,
     ) -> Result<Vec<Appended>> {
+        self.submit(topic, records).await?.durable().await
+    }
+
+    /// Queues an append and returns as soon as it is queued (waiting only for room in the
+    /// writer queue); [`PendingAppend::durable`] then waits for it to be on disk. Appends
+    /// queued one after another are stored in that order, so a caller can keep several in
+    /// flight (pipelining) and still keep producer sequences consecutive.
+    pub async fn submit(
+        &self,
+        topic: &TopicName,
+        records: Vec<NewRecord>,
+    ) -> Result<PendingAppend> {
         let max = self.inner.shared.config.max_record_bytes;
         let mut bytes = APPEND_OVERHEAD;
         for (index, r) in records.iter().enumerate() {
@@ -393,7 +405,10 @@ impl Log {
             bytes += r.encoded_len();
         }
         if records.is_empty() {
-            return Ok(Vec::new());
+            return Ok(PendingAppend {
+                log: self.clone(),
+                rx: None,
+            });
         }
         let queue_bytes = self.inner.shared.config.queue_bytes;
         if bytes > queue_bytes {
@@ -428,7 +443,10 @@ impl Log {
             reply,
             permit,
         })?;
-        self.reply(rx).await
+        Ok(PendingAppend {
+            log: self.clone(),
+            rx: Some(rx),
+        })
     }
 
     /// Reads durable records of `topic` from `from` on, within `limits`. If `from` is older than
@@ -523,6 +541,16 @@ impl Log {
         names
     }
 
+    /// How many topics exist; cheap, for noticing new topics.
+    pub fn topic_count(&self) -> usize {
+        self.inner
+            .shared
+            .topics
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
     /// Offsets and sizes of `topic`, if it exists.
     pub fn topic_stats(&self, topic: &TopicName) -> Option<TopicStats> {
         self.topic(topic).ok().map(|t| t.stats())
@@ -575,6 +603,22 @@ impl Log {
         }
         self.inner.queue.close();
         Ok(())
+    }
+}
+
+/// An append queued by [`Log::submit`].
+pub struct PendingAppend {
+    log: Log,
+    rx: Option<oneshot::Receiver<Result<Vec<Appended>>>>,
+}
+
+impl PendingAppend {
+    /// Waits until the append is durable; returns the records' offsets in order.
+    pub async fn durable(self) -> Result<Vec<Appended>> {
+        match self.rx {
+            None => Ok(Vec::new()),
+            Some(rx) => self.log.reply(rx).await,
+        }
     }
 }
 

@@ -7,8 +7,9 @@
 use std::collections::{HashMap, VecDeque};
 
 /// How many recent sequences are remembered per producer and topic; a publisher must not have
-/// more than this many appends in flight (the gRPC layer caps it).
-pub const PRODUCER_WINDOW: usize = 32;
+/// more than this many records in flight (the client's pipelined publisher caps it), so that
+/// every one of them can be resent after a reconnect and recognised. 16 bytes each in memory.
+pub const PRODUCER_WINDOW: usize = 1024;
 
 /// Recent (sequence, offset) pairs of one producer, oldest first, consecutive in sequence.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -318,8 +318,10 @@ impl Writer {
                     counters
                         .duplicates
                         .fetch_add(appended.len() as u64 - stored, Ordering::Relaxed);
-                    let _ = reply.send(Ok(appended));
+                    // Room in the queue first, so a publisher that sees its answer also sees
+                    // the queue without its bytes.
                     drop(permit);
+                    let _ = reply.send(Ok(appended));
                 }
                 Done::Commit(reply) => drop(reply.send(Ok(()))),
             }

@@ -1,0 +1,832 @@
+//! The broker client used by the agent, the gateway and the appliance's own components.
+//!
+//! One API, two transports: [`Client::local`] calls the broker core in process (no network
+//! hop, same semantics), [`Client::connect`] speaks gRPC over mutual TLS to one or more broker
+//! endpoints. Over gRPC the client reconnects with exponential backoff, moving to the next
+//! endpoint on each failure; publishes carry a producer id and consecutive sequence numbers,
+//! so a retry after a lost answer never stores a message twice; subscriptions in a named group
+//! resume from the group's committed position.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic::{Code, Status};
+
+use super::access::Peer;
+use super::hub::{Broker, Start, SubscribeOptions};
+use super::log::{NewRecord, TopicName, PRODUCER_WINDOW};
+use super::proto::broker_client::BrokerClient;
+use super::{proto, service, Delivery};
+
+/// A failed client operation.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The broker refused the request; retrying the same request will not help.
+    #[error("the broker refused the request: {}", .0.message())]
+    Refused(Box<Status>),
+    /// No endpoint could be reached (or none answered) in time.
+    #[error("no broker endpoint answered within {waited:?} (last error: {last}); check the endpoints and the network")]
+    Unreachable { waited: Duration, last: String },
+    /// The configuration cannot work.
+    #[error("invalid broker client configuration: {0}")]
+    Config(String),
+    /// A local operation failed.
+    #[error(transparent)]
+    Broker(#[from] super::hub::Error),
+    /// The client or subscription was closed.
+    #[error("the broker client is closed")]
+    Closed,
+}
+
+/// Where and how to reach the broker over gRPC.
+#[derive(Debug, Clone)]
+pub struct RemoteConfig {
+    /// Broker URLs such as `https://10.0.0.5:8444`, tried in order on failure.
+    pub endpoints: Vec<String>,
+    /// The appliance CA (PEM) that the brokers' certificates chain to.
+    pub ca_pem: String,
+    /// This client's certificate and key (PEM), issued by the appliance.
+    pub cert_pem: String,
+    pub key_pem: String,
+    /// Name to check the brokers' certificates against, if not the endpoint's host.
+    pub server_name: Option<String>,
+    /// First retry delay; doubles up to `backoff_max`.
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    /// How long a publish keeps retrying before it fails.
+    pub publish_timeout: Duration,
+}
+
+impl RemoteConfig {
+    /// Defaults: backoff 100 ms to 5 s, publishes retried for 5 minutes.
+    pub fn new(endpoints: Vec<String>, ca_pem: String, cert_pem: String, key_pem: String) -> Self {
+        Self {
+            endpoints,
+            ca_pem,
+            cert_pem,
+            key_pem,
+            server_name: None,
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(5),
+            publish_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+enum Transport {
+    Local(Broker),
+    Remote(Box<Remote>),
+}
+
+struct Remote {
+    config: RemoteConfig,
+    /// The connected channel and the index of its endpoint.
+    channel: tokio::sync::Mutex<Option<(usize, Channel)>>,
+    next_endpoint: AtomicU64,
+}
+
+struct Inner {
+    transport: Transport,
+    producer_id: u64,
+    /// Next sequence per topic; the async lock keeps one publish per topic in flight so
+    /// sequences reach the broker in order.
+    sequences: Mutex<HashMap<TopicName, Arc<tokio::sync::Mutex<u64>>>>,
+}
+
+/// A broker client; cheap to clone.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+/// A permanent gRPC error: retrying cannot change the answer.
+fn permanent(s: &Status) -> bool {
+    matches!(
+        s.code(),
+        Code::InvalidArgument
+            | Code::PermissionDenied
+            | Code::Unauthenticated
+            | Code::FailedPrecondition
+            | Code::NotFound
+            | Code::Unimplemented
+    )
+}
+
+fn random_producer() -> u64 {
+    // Zero means "no producer" on the wire.
+    rand::random::<u64>().max(1)
+}
+
+impl Client {
+    /// A client of the broker in this process, acting as the appliance.
+    pub fn local(broker: Broker) -> Client {
+        Client::with(Transport::Local(broker))
+    }
+
+    /// A client of remote brokers. Connects lazily; fails only on a bad configuration.
+    pub fn connect(config: RemoteConfig) -> Result<Client, Error> {
+        if config.endpoints.is_empty() {
+            return Err(Error::Config("give at least one broker endpoint".into()));
+        }
+        for e in &config.endpoints {
+            Endpoint::from_shared(e.clone())
+                .map_err(|err| Error::Config(format!("endpoint {e:?}: {err}")))?;
+        }
+        Ok(Client::with(Transport::Remote(Box::new(Remote {
+            config,
+            channel: tokio::sync::Mutex::new(None),
+            next_endpoint: AtomicU64::new(0),
+        }))))
+    }
+
+    fn with(transport: Transport) -> Client {
+        Client {
+            inner: Arc::new(Inner {
+                transport,
+                producer_id: random_producer(),
+                sequences: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// Publishes `messages` to `topic`; returns their offsets once they are durable. Over gRPC
+    /// it retries through failures (reconnecting, failing over) until `publish_timeout`,
+    /// without ever storing a message twice.
+    pub async fn publish(&self, topic: &str, messages: Vec<NewRecord>) -> Result<Vec<u64>, Error> {
+        let topic = TopicName::new(topic).map_err(super::hub::Error::from)?;
+        let seq = self
+            .inner
+            .sequences
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(topic.clone())
+            .or_default()
+            .clone();
+        let mut next = seq.lock().await;
+        let n = messages.len() as u64;
+        let offsets = match &self.inner.transport {
+            Transport::Local(broker) => {
+                let records = messages
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, m)| m.with_producer(self.inner.producer_id, *next + i as u64))
+                    .collect();
+                broker
+                    .publish(&Peer::Appliance, &topic, records)
+                    .await?
+                    .into_iter()
+                    .map(|a| a.offset)
+                    .collect()
+            }
+            Transport::Remote(remote) => {
+                let req = request(&topic, self.inner.producer_id, *next, messages, 0);
+                remote.publish(req).await?
+            }
+        };
+        *next += n;
+        Ok(offsets)
+    }
+
+    /// A publisher for one topic that keeps many batches in flight (pipelining): each
+    /// [`Publisher::send`] returns once the batch is queued, with a handle that resolves when
+    /// it is durable.
+    pub fn publisher(&self, topic: &str) -> Result<Publisher, Error> {
+        let topic = TopicName::new(topic).map_err(super::hub::Error::from)?;
+        let (tx, rx) = mpsc::channel(PIPELINE);
+        let producer = random_producer();
+        match &self.inner.transport {
+            Transport::Local(broker) => {
+                tokio::spawn(local_pipeline(broker.clone(), topic, producer, rx));
+            }
+            Transport::Remote(_) => {
+                tokio::spawn(remote_pipeline(self.clone(), topic, producer, rx));
+            }
+        }
+        Ok(Publisher { tx })
+    }
+
+    /// Opens a subscription. Over gRPC it reconnects by itself; a subscription in a named
+    /// group resumes from the group's position, a private one from after the last message it
+    /// received.
+    pub async fn subscribe(&self, options: SubscribeOptions) -> Result<ClientSubscription, Error> {
+        let window = options.credit.clamp(1, 10_000);
+        let (tx, rx) = mpsc::channel(window as usize);
+        let (ctl, ctl_rx) = mpsc::unbounded_channel();
+        match &self.inner.transport {
+            Transport::Local(broker) => {
+                let mut options = options;
+                options.credit = window;
+                let sub = broker.subscribe(&Peer::Appliance, options).await?;
+                tokio::spawn(local_subscription(sub, tx, ctl_rx));
+            }
+            Transport::Remote(_) => {
+                // The first connection is made here so that a refusal (bad pattern, not
+                // allowed) is reported to the caller instead of retried for ever.
+                let (stream, requests) = self.open_remote(&options, window, None).await?;
+                tokio::spawn(remote_subscription(
+                    self.clone(),
+                    options,
+                    window,
+                    stream,
+                    requests,
+                    tx,
+                    ctl_rx,
+                ));
+            }
+        }
+        Ok(ClientSubscription {
+            rx,
+            ctl,
+            window,
+            taken: 0,
+        })
+    }
+
+    fn remote(&self) -> Result<&Remote, Error> {
+        match &self.inner.transport {
+            Transport::Remote(r) => Ok(r),
+            Transport::Local(_) => Err(Error::Closed),
+        }
+    }
+
+    /// Opens a Subscribe stream, retrying unreachable endpoints until `publish_timeout`.
+    async fn open_remote(
+        &self,
+        options: &SubscribeOptions,
+        window: u64,
+        resume: Option<Start>,
+    ) -> Result<
+        (
+            tonic::Streaming<proto::SubscribeResponse>,
+            mpsc::Sender<proto::SubscribeRequest>,
+        ),
+        Error,
+    > {
+        let remote = self.remote()?;
+        remote
+            .retry(|channel| {
+                let open = open_request(options, window, resume);
+                async move {
+                    let (requests, rx) = mpsc::channel(64);
+                    requests
+                        .send(open)
+                        .await
+                        .map_err(|_| Status::cancelled("closed"))?;
+                    let mut stream = BrokerClient::new(channel)
+                        .subscribe(ReceiverStream::new(rx))
+                        .await?
+                        .into_inner();
+                    // The server answers `subscribed` first; errors (refusals) come instead.
+                    match stream.message().await? {
+                        Some(_) => Ok((stream, requests)),
+                        None => Err(Status::unavailable("the subscription closed at once")),
+                    }
+                }
+            })
+            .await
+    }
+}
+
+/// Batches a pipelined publisher keeps in flight.
+const PIPELINE: usize = 256;
+
+type Reply = oneshot::Sender<Result<Vec<u64>, Error>>;
+
+/// A pipelined publisher to one topic; see [`Client::publisher`].
+pub struct Publisher {
+    tx: mpsc::Sender<(Vec<NewRecord>, Reply)>,
+}
+
+/// Resolves when a batch sent by a [`Publisher`] is durable.
+pub struct PublishAck(oneshot::Receiver<Result<Vec<u64>, Error>>);
+
+impl PublishAck {
+    /// The batch's offsets, once durable.
+    pub async fn wait(self) -> Result<Vec<u64>, Error> {
+        self.0.await.map_err(|_| Error::Closed)?
+    }
+}
+
+impl Publisher {
+    /// Queues a batch; waits only while the pipeline is full.
+    pub async fn send(&self, messages: Vec<NewRecord>) -> Result<PublishAck, Error> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send((messages, reply))
+            .await
+            .map_err(|_| Error::Closed)?;
+        Ok(PublishAck(rx))
+    }
+}
+
+async fn local_pipeline(
+    broker: Broker,
+    topic: TopicName,
+    producer: u64,
+    mut rx: mpsc::Receiver<(Vec<NewRecord>, Reply)>,
+) {
+    let mut next = 0u64;
+    while let Some((messages, reply)) = rx.recv().await {
+        let n = messages.len() as u64;
+        let records = messages
+            .into_iter()
+            .enumerate()
+            .map(|(i, m)| m.with_producer(producer, next + i as u64))
+            .collect();
+        match broker.submit(&Peer::Appliance, &topic, records).await {
+            Ok(pending) => {
+                next += n;
+                tokio::spawn(async move {
+                    let result = pending
+                        .durable()
+                        .await
+                        .map(|a| a.into_iter().map(|a| a.offset).collect())
+                        .map_err(|e| Error::Broker(e.into()));
+                    let _ = reply.send(result);
+                });
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e.into()));
+            }
+        }
+    }
+}
+
+/// Runs a PublishStream, resending every unanswered batch (same sequences) after a
+/// reconnect, so nothing is lost or stored twice.
+async fn remote_pipeline(
+    client: Client,
+    topic: TopicName,
+    producer: u64,
+    mut rx: mpsc::Receiver<(Vec<NewRecord>, Reply)>,
+) {
+    let Ok(remote) = client.remote() else { return };
+    let mut unanswered: VecDeque<(proto::PublishRequest, Reply)> = VecDeque::new();
+    let mut next_seq = 0u64;
+    let mut next_id = 1u64;
+    let mut backoff = remote.config.backoff_min;
+    let mut input_open = true;
+    // Records sent but not answered stay within the log's producer window, so that after a
+    // reconnect every one of them can be resent and recognised if it was already stored.
+    let mut in_flight_records = 0usize;
+    let mut held: Option<(Vec<NewRecord>, Reply)> = None;
+    loop {
+        if !input_open && unanswered.is_empty() {
+            return;
+        }
+        let channel = match remote.channel().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(error = %e, "broker unreachable; publisher retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(remote.config.backoff_max);
+                continue;
+            }
+        };
+        let (requests, req_rx) = mpsc::channel(PIPELINE * 2);
+        for (req, _) in &unanswered {
+            let _ = requests.try_send(req.clone());
+        }
+        let mut answers = match BrokerClient::new(channel)
+            .publish_stream(ReceiverStream::new(req_rx))
+            .await
+        {
+            Ok(r) => r.into_inner(),
+            Err(s) => {
+                if permanent(&s) {
+                    for (_, reply) in unanswered.drain(..) {
+                        let _ = reply.send(Err(Error::Refused(Box::new(s.clone()))));
+                    }
+                } else {
+                    remote.forget().await;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(remote.config.backoff_max);
+                }
+                continue;
+            }
+        };
+        loop {
+            if let Some((messages, _)) = &held {
+                if in_flight_records + messages.len() <= PRODUCER_WINDOW {
+                    if let Some((messages, reply)) = held.take() {
+                        let n = messages.len();
+                        let req = request(&topic, producer, next_seq, messages, next_id);
+                        next_seq += n as u64;
+                        next_id += 1;
+                        in_flight_records += n;
+                        let _ = requests.send(req.clone()).await;
+                        unanswered.push_back((req, reply));
+                    }
+                }
+            }
+            tokio::select! {
+                input = rx.recv(), if input_open && held.is_none() && unanswered.len() < PIPELINE => match input {
+                    Some((messages, reply)) => {
+                        if messages.len() > PRODUCER_WINDOW {
+                            let _ = reply.send(Err(Error::Config(format!(
+                                "a batch of {} messages is more than a publisher may have in flight ({PRODUCER_WINDOW}): split it",
+                                messages.len()
+                            ))));
+                        } else {
+                            held = Some((messages, reply));
+                        }
+                    }
+                    None => {
+                        input_open = false;
+                        if unanswered.is_empty() {
+                            return;
+                        }
+                    }
+                },
+                answer = answers.message() => match answer {
+                    Ok(Some(a)) => {
+                        backoff = remote.config.backoff_min;
+                        if unanswered.front().is_some_and(|(r, _)| r.request_id == a.request_id) {
+                            if let Some((r, reply)) = unanswered.pop_front() {
+                                in_flight_records -= r.messages.len();
+                                let _ = reply.send(Ok(a.offsets));
+                            }
+                        }
+                        if !input_open && unanswered.is_empty() && held.is_none() {
+                            return;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(s) if permanent(&s) => {
+                        // The first unanswered batch was refused; it cannot be retried, and
+                        // later ones would now leave a gap in the sequence.
+                        if let Some((_, reply)) = unanswered.pop_front() {
+                            let _ = reply.send(Err(Error::Refused(Box::new(s.clone()))));
+                        }
+                        for (_, reply) in unanswered.drain(..) {
+                            let _ = reply.send(Err(Error::Refused(Box::new(Status::aborted(
+                                "an earlier batch of this publisher was refused",
+                            )))));
+                        }
+                        return;
+                    }
+                    Err(_) => break,
+                },
+            }
+        }
+        remote.forget().await;
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(remote.config.backoff_max);
+    }
+}
+
+fn request(
+    topic: &TopicName,
+    producer: u64,
+    first_sequence: u64,
+    messages: Vec<NewRecord>,
+    request_id: u64,
+) -> proto::PublishRequest {
+    proto::PublishRequest {
+        topic: topic.to_string(),
+        producer_id: producer,
+        first_sequence,
+        request_id,
+        messages: messages
+            .into_iter()
+            .map(|m| proto::Message {
+                key: m.key,
+                headers: m.headers.into_iter().collect(),
+                payload: m.payload,
+            })
+            .collect(),
+    }
+}
+
+fn open_request(
+    options: &SubscribeOptions,
+    window: u64,
+    resume: Option<Start>,
+) -> proto::SubscribeRequest {
+    use proto::start_position::At;
+    let at = match resume.unwrap_or(options.start) {
+        Start::Latest => At::Latest(proto::Empty {}),
+        Start::Earliest => At::Earliest(proto::Empty {}),
+        Start::Offset(o) => At::Offset(o),
+        Start::Time(t) => At::TimeMs(t),
+    };
+    proto::SubscribeRequest {
+        kind: Some(proto::subscribe_request::Kind::Open(proto::Open {
+            pattern: options.pattern.to_string(),
+            group: options
+                .group
+                .as_ref()
+                .map(|g| g.to_string())
+                .unwrap_or_default(),
+            start: Some(proto::StartPosition { at: Some(at) }),
+            ack_wait_ms: options
+                .ack_wait
+                .map_or(0, |d| d.as_millis().min(u32::MAX as u128) as u32),
+            max_deliveries: options.max_deliveries.unwrap_or(0),
+            credit: window.min(u32::MAX as u64) as u32,
+        })),
+    }
+}
+
+impl Remote {
+    /// The current channel, connecting (with fail-over) if there is none.
+    async fn channel(&self) -> Result<Channel, Status> {
+        let mut current = self.channel.lock().await;
+        if let Some((_, c)) = current.as_ref() {
+            return Ok(c.clone());
+        }
+        let n = self.config.endpoints.len();
+        let start = self.next_endpoint.load(Ordering::Relaxed) as usize;
+        let mut last = Status::unavailable("no endpoint tried");
+        for i in 0..n {
+            let idx = (start + i) % n;
+            match self.dial(idx).await {
+                Ok(c) => {
+                    *current = Some((idx, c.clone()));
+                    return Ok(c);
+                }
+                Err(e) => {
+                    tracing::debug!(endpoint = %self.config.endpoints[idx], error = %e, "broker endpoint unreachable");
+                    last = Status::unavailable(format!("{}: {e}", self.config.endpoints[idx]));
+                }
+            }
+        }
+        Err(last)
+    }
+
+    async fn dial(&self, idx: usize) -> Result<Channel, tonic::transport::Error> {
+        let url = &self.config.endpoints[idx];
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&self.config.ca_pem))
+            .identity(Identity::from_pem(
+                &self.config.cert_pem,
+                &self.config.key_pem,
+            ));
+        if let Some(name) = &self.config.server_name {
+            tls = tls.domain_name(name.clone());
+        }
+        Endpoint::from_shared(url.clone())?
+            .tls_config(tls)?
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .connect()
+            .await
+    }
+
+    /// Drops the current channel so the next call reconnects, starting at the next endpoint.
+    async fn forget(&self) {
+        let mut current = self.channel.lock().await;
+        if let Some((idx, _)) = current.take() {
+            self.next_endpoint.store(
+                (idx as u64 + 1) % self.config.endpoints.len() as u64,
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    /// Runs `call` on a channel until it succeeds, fails permanently, or `publish_timeout`
+    /// passes; reconnects and fails over between attempts.
+    async fn retry<T, F, Fut>(&self, call: F) -> Result<T, Error>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Status>>,
+    {
+        let started = tokio::time::Instant::now();
+        let mut backoff = self.config.backoff_min;
+        loop {
+            let outcome = match self.channel().await {
+                Ok(c) => call(c).await,
+                Err(s) => Err(s),
+            };
+            match outcome {
+                Ok(v) => return Ok(v),
+                Err(s) if permanent(&s) => return Err(Error::Refused(Box::new(s))),
+                Err(s) => {
+                    self.forget().await;
+                    if started.elapsed() + backoff > self.config.publish_timeout {
+                        return Err(Error::Unreachable {
+                            waited: started.elapsed(),
+                            last: s.message().to_string(),
+                        });
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(self.config.backoff_max);
+                }
+            }
+        }
+    }
+
+    async fn publish(&self, req: proto::PublishRequest) -> Result<Vec<u64>, Error> {
+        self.retry(|channel| {
+            let req = req.clone();
+            async move {
+                Ok(BrokerClient::new(channel)
+                    .publish(req)
+                    .await?
+                    .into_inner()
+                    .offsets)
+            }
+        })
+        .await
+    }
+}
+
+enum Control {
+    Credit(u64),
+    Ack(TopicName, u64, u64),
+    Nack(TopicName, u64, u64, Duration),
+}
+
+/// A subscription opened by a [`Client`]. Credit is managed for the caller: it keeps up to
+/// the window given at subscribe time on its way.
+pub struct ClientSubscription {
+    rx: mpsc::Receiver<Result<Delivery, Error>>,
+    ctl: mpsc::UnboundedSender<Control>,
+    window: u64,
+    taken: u64,
+}
+
+impl ClientSubscription {
+    /// The next delivery; an error if the broker refused the subscription on reconnect
+    /// (for instance, the certificate was revoked); `None` once closed.
+    pub async fn next(&mut self) -> Option<Result<Delivery, Error>> {
+        let d = self.rx.recv().await?;
+        self.taken += 1;
+        if self.taken >= (self.window / 4).max(1) {
+            let _ = self.ctl.send(Control::Credit(self.taken));
+            self.taken = 0;
+        }
+        Some(d)
+    }
+
+    /// Acknowledges `d`: the group is done with it.
+    pub fn ack(&self, d: &Delivery) {
+        let _ = self
+            .ctl
+            .send(Control::Ack(d.topic.clone(), d.offset, d.delivery_id));
+    }
+
+    /// `d` failed: have it delivered again after `delay`.
+    pub fn nack(&self, d: &Delivery, delay: Duration) {
+        let _ = self.ctl.send(Control::Nack(
+            d.topic.clone(),
+            d.offset,
+            d.delivery_id,
+            delay,
+        ));
+    }
+}
+
+async fn local_subscription(
+    mut sub: super::hub::Subscription,
+    tx: mpsc::Sender<Result<Delivery, Error>>,
+    mut ctl: mpsc::UnboundedReceiver<Control>,
+) {
+    loop {
+        tokio::select! {
+            d = sub.next() => match d {
+                Some(d) => {
+                    if tx.send(Ok(d)).await.is_err() {
+                        return;
+                    }
+                }
+                None => return,
+            },
+            c = ctl.recv() => match c {
+                Some(c) => apply_local(&sub, c),
+                None => return,
+            },
+        }
+    }
+}
+
+fn apply_local(sub: &super::hub::Subscription, c: Control) {
+    match c {
+        Control::Credit(n) => sub.credit(n),
+        Control::Ack(t, o, id) => sub.ack(&t, o, id),
+        Control::Nack(t, o, id, delay) => sub.nack(&t, o, id, delay),
+    }
+}
+
+fn control_request(c: Control) -> proto::SubscribeRequest {
+    use proto::subscribe_request::Kind;
+    let dref = |t: TopicName, offset, delivery_id| proto::DeliveryRef {
+        topic: t.to_string(),
+        offset,
+        delivery_id,
+    };
+    let kind = match c {
+        Control::Credit(n) => Kind::Credit(proto::Credit {
+            messages: n.min(u32::MAX as u64) as u32,
+        }),
+        Control::Ack(t, o, id) => Kind::Ack(proto::Ack {
+            deliveries: vec![dref(t, o, id)],
+        }),
+        Control::Nack(t, o, id, delay) => Kind::Nack(proto::Nack {
+            deliveries: vec![dref(t, o, id)],
+            delay_ms: delay.as_millis().min(u32::MAX as u128) as u32,
+        }),
+    };
+    proto::SubscribeRequest { kind: Some(kind) }
+}
+
+/// Ends a subscription the owner dropped: half-closes the request stream so the acks already
+/// queued reach the broker before it lets the member go (cancelling the call instead would
+/// drop them and have those messages delivered again), then waits briefly for the end.
+async fn close_gracefully(
+    mut stream: tonic::Streaming<proto::SubscribeResponse>,
+    requests: mpsc::Sender<proto::SubscribeRequest>,
+) {
+    drop(requests);
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Ok(Some(_)) = stream.message().await {}
+    })
+    .await;
+}
+
+/// Keeps a remote subscription going across reconnects.
+async fn remote_subscription(
+    client: Client,
+    options: SubscribeOptions,
+    window: u64,
+    mut stream: tonic::Streaming<proto::SubscribeResponse>,
+    mut requests: mpsc::Sender<proto::SubscribeRequest>,
+    tx: mpsc::Sender<Result<Delivery, Error>>,
+    mut ctl: mpsc::UnboundedReceiver<Control>,
+) {
+    // For a private subscription to one topic: where to resume after a reconnect.
+    let mut resume: Option<u64> = None;
+    let literal = options.pattern.literal().is_some();
+    loop {
+        loop {
+            tokio::select! {
+                m = stream.message() => match m {
+                    Ok(Some(proto::SubscribeResponse { kind: Some(proto::subscribe_response::Kind::Delivery(d)) })) => {
+                        let Ok(topic) = TopicName::new(d.topic) else { continue };
+                        resume = Some(d.offset + 1);
+                        let d = Delivery {
+                            topic,
+                            offset: d.offset,
+                            delivery_id: d.delivery_id,
+                            timestamp_ms: d.timestamp_ms,
+                            key: d.key,
+                            headers: service::headers_from_proto(d.headers),
+                            payload: d.payload,
+                            attempt: d.attempt,
+                        };
+                        if tx.send(Ok(d)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) => break,
+                    Err(s) if permanent(&s) => {
+                        let _ = tx.send(Err(Error::Refused(Box::new(s)))).await;
+                        return;
+                    }
+                    Err(_) => break,
+                },
+                c = ctl.recv() => match c {
+                    Some(c) => {
+                        if requests.send(control_request(c)).await.is_err() {
+                            break;
+                        }
+                    }
+                    None => {
+                        close_gracefully(stream, requests).await;
+                        return;
+                    }
+                },
+            }
+        }
+        // Reconnect. Deliveries not yet acked come again (at least once).
+        let Ok(remote) = client.remote() else { return };
+        remote.forget().await;
+        let start = match (&options.group, literal, resume) {
+            (None, true, Some(next)) => Some(Start::Offset(next)),
+            _ => None,
+        };
+        loop {
+            match client.open_remote(&options, window, start).await {
+                Ok((s, r)) => {
+                    stream = s;
+                    requests = r;
+                    break;
+                }
+                // Subscriptions wait for the broker as long as their owner does.
+                Err(Error::Unreachable { .. }) if !tx.is_closed() => continue,
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            }
+        }
+    }
+}
