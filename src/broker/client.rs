@@ -357,8 +357,45 @@ async fn local_pipeline(
     }
 }
 
-/// Runs a PublishStream, resending every unanswered batch (same sequences) after a
-/// reconnect, so nothing is lost or stored twice.
+/// Most records, and about the most bytes, one coalesced request carries.
+const COALESCE_RECORDS: usize = 256;
+const COALESCE_BYTES: usize = 1 << 20;
+
+/// Batches queued on a pipelined publisher and not yet sent, merged into one request: the
+/// callers' batches in order, each with its size and where to send its offsets.
+#[derive(Default)]
+struct Coalesced {
+    messages: Vec<NewRecord>,
+    bytes: usize,
+    replies: Vec<(usize, Reply)>,
+}
+
+impl Coalesced {
+    fn fits(&self, batch: &[NewRecord]) -> bool {
+        let bytes: usize = batch.iter().map(NewRecord::encoded_len).sum();
+        self.messages.is_empty()
+            || (self.messages.len() + batch.len() <= COALESCE_RECORDS
+                && self.bytes + bytes <= COALESCE_BYTES)
+    }
+
+    fn push(&mut self, batch: Vec<NewRecord>, reply: Reply) {
+        self.bytes += batch.iter().map(NewRecord::encoded_len).sum::<usize>();
+        self.replies.push((batch.len(), reply));
+        self.messages.extend(batch);
+    }
+}
+
+type Sent = (proto::PublishRequest, Vec<(usize, Reply)>);
+
+fn refuse_all(replies: Vec<(usize, Reply)>, status: &Status) {
+    for (_, reply) in replies {
+        let _ = reply.send(Err(Error::Refused(Box::new(status.clone()))));
+    }
+}
+
+/// Runs a PublishStream. Batches queued while earlier ones are in flight are merged into one
+/// request (fewer, larger appends), and every unanswered request is resent with the same
+/// sequences after a reconnect, so nothing is lost or stored twice.
 async fn remote_pipeline(
     client: Client,
     topic: TopicName,
@@ -366,7 +403,7 @@ async fn remote_pipeline(
     mut rx: mpsc::Receiver<(Vec<NewRecord>, Reply)>,
 ) {
     let Ok(remote) = client.remote() else { return };
-    let mut unanswered: VecDeque<(proto::PublishRequest, Reply)> = VecDeque::new();
+    let mut unanswered: VecDeque<Sent> = VecDeque::new();
     let mut next_seq = 0u64;
     let mut next_id = 1u64;
     let mut backoff = remote.config.backoff_min;
@@ -374,9 +411,11 @@ async fn remote_pipeline(
     // Records sent but not answered stay within the log's producer window, so that after a
     // reconnect every one of them can be resent and recognised if it was already stored.
     let mut in_flight_records = 0usize;
-    let mut held: Option<(Vec<NewRecord>, Reply)> = None;
+    let mut held = Coalesced::default();
+    // A batch that did not fit into `held`; it starts the next one.
+    let mut overflow: Option<(Vec<NewRecord>, Reply)> = None;
     loop {
-        if !input_open && unanswered.is_empty() {
+        if !input_open && unanswered.is_empty() && held.messages.is_empty() {
             return;
         }
         let channel = match remote.channel().await {
@@ -399,9 +438,10 @@ async fn remote_pipeline(
             Ok(r) => r.into_inner(),
             Err(s) => {
                 if permanent(&s) {
-                    for (_, reply) in unanswered.drain(..) {
-                        let _ = reply.send(Err(Error::Refused(Box::new(s.clone()))));
+                    for (_, replies) in unanswered.drain(..) {
+                        refuse_all(replies, &s);
                     }
+                    in_flight_records = 0;
                 } else {
                     remote.forget().await;
                     tokio::time::sleep(backoff).await;
@@ -411,67 +451,80 @@ async fn remote_pipeline(
             }
         };
         loop {
-            if let Some((messages, _)) = &held {
-                if in_flight_records + messages.len() <= PRODUCER_WINDOW {
-                    if let Some((messages, reply)) = held.take() {
-                        let n = messages.len();
-                        let req = request(&topic, producer, next_seq, messages, next_id);
-                        next_seq += n as u64;
-                        next_id += 1;
-                        in_flight_records += n;
-                        let _ = requests.send(req.clone()).await;
-                        unanswered.push_back((req, reply));
-                    }
+            if !held.messages.is_empty()
+                && in_flight_records + held.messages.len() <= PRODUCER_WINDOW
+                && unanswered.len() < PIPELINE
+            {
+                let batch = std::mem::take(&mut held);
+                let n = batch.messages.len();
+                let req = request(&topic, producer, next_seq, batch.messages, next_id);
+                next_seq += n as u64;
+                next_id += 1;
+                in_flight_records += n;
+                let _ = requests.send(req.clone()).await;
+                unanswered.push_back((req, batch.replies));
+                if let Some((messages, reply)) = overflow.take() {
+                    held.push(messages, reply);
                 }
             }
             tokio::select! {
-                input = rx.recv(), if input_open && held.is_none() && unanswered.len() < PIPELINE => match input {
-                    Some((messages, reply)) => {
-                        if messages.len() > PRODUCER_WINDOW {
-                            let _ = reply.send(Err(Error::Config(format!(
-                                "a batch of {} messages is more than a publisher may have in flight ({PRODUCER_WINDOW}): split it",
-                                messages.len()
-                            ))));
-                        } else {
-                            held = Some((messages, reply));
+                input = rx.recv(), if input_open && overflow.is_none() => match input {
+                    Some(first) => {
+                        let mut next = Some(first);
+                        while let Some((messages, reply)) = next.take() {
+                            if messages.len() > PRODUCER_WINDOW {
+                                let _ = reply.send(Err(Error::Config(format!(
+                                    "a batch of {} messages is more than a publisher may have in flight ({PRODUCER_WINDOW}): split it",
+                                    messages.len()
+                                ))));
+                            } else if held.fits(&messages) {
+                                held.push(messages, reply);
+                            } else {
+                                overflow = Some((messages, reply));
+                                break;
+                            }
+                            // Take what else is already queued, to send it in one request.
+                            next = rx.try_recv().ok();
                         }
                     }
-                    None => {
-                        input_open = false;
-                        if unanswered.is_empty() {
-                            return;
-                        }
-                    }
+                    None => input_open = false,
                 },
                 answer = answers.message() => match answer {
                     Ok(Some(a)) => {
                         backoff = remote.config.backoff_min;
                         if unanswered.front().is_some_and(|(r, _)| r.request_id == a.request_id) {
-                            if let Some((r, reply)) = unanswered.pop_front() {
+                            if let Some((r, replies)) = unanswered.pop_front() {
                                 in_flight_records -= r.messages.len();
-                                let _ = reply.send(Ok(a.offsets));
+                                let mut offsets = a.offsets.into_iter();
+                                for (n, reply) in replies {
+                                    let _ = reply.send(Ok(offsets.by_ref().take(n).collect()));
+                                }
                             }
-                        }
-                        if !input_open && unanswered.is_empty() && held.is_none() {
-                            return;
                         }
                     }
                     Ok(None) => break,
                     Err(s) if permanent(&s) => {
-                        // The first unanswered batch was refused; it cannot be retried, and
+                        // The first unanswered request was refused; it cannot be retried, and
                         // later ones would now leave a gap in the sequence.
-                        if let Some((_, reply)) = unanswered.pop_front() {
-                            let _ = reply.send(Err(Error::Refused(Box::new(s.clone()))));
+                        if let Some((_, replies)) = unanswered.pop_front() {
+                            refuse_all(replies, &s);
                         }
-                        for (_, reply) in unanswered.drain(..) {
-                            let _ = reply.send(Err(Error::Refused(Box::new(Status::aborted(
-                                "an earlier batch of this publisher was refused",
-                            )))));
+                        let aborted =
+                            Status::aborted("an earlier batch of this publisher was refused");
+                        for (_, replies) in unanswered.drain(..) {
+                            refuse_all(replies, &aborted);
+                        }
+                        refuse_all(std::mem::take(&mut held).replies, &aborted);
+                        if let Some((_, reply)) = overflow.take() {
+                            refuse_all(vec![(0, reply)], &aborted);
                         }
                         return;
                     }
                     Err(_) => break,
                 },
+            }
+            if !input_open && unanswered.is_empty() && held.messages.is_empty() {
+                return;
             }
         }
         remote.forget().await;

@@ -31,6 +31,8 @@ use super::Delivery;
 /// Most batches of one PublishStream queued but not yet durable; the stream stops reading
 /// beyond it, so a fast publisher cannot grow the broker's memory.
 const PUBLISH_WINDOW: usize = 256;
+/// Largest request accepted: one append as large as the log's write queue (32 MiB) allows.
+const MAX_REQUEST_BYTES: usize = 33 << 20;
 /// How long a TLS handshake may take before the connection is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -395,7 +397,10 @@ pub async fn serve(
     });
     let result = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .add_service(proto::broker_server::BrokerServer::new(service))
+        .add_service(
+            proto::broker_server::BrokerServer::new(service)
+                .max_decoding_message_size(MAX_REQUEST_BYTES),
+        )
         .serve_with_incoming_shutdown(ReceiverStream::new(rx), shutdown)
         .await;
     accept_loop.abort();

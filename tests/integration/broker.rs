@@ -429,7 +429,6 @@ async fn agents_reach_only_their_own_cluster_and_revoked_or_unknown_certificates
         .subscribe({
             let mut o = SubscribeOptions::new(pattern(&desired));
             o.group = Some(group(&format!("clusters.{cluster}.agent")));
-            o.start = Start::Earliest;
             o
         })
         .await
