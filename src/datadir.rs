@@ -8,7 +8,11 @@
 //!   broker/               message broker log: topics/<name>/, groups/ (see docs/broker-log.md)
 //!   registry/             OCI registry: blobs/sha256/<2 hex>/<64 hex>, uploads/<uuid>,
 //!                         gc.lock (collector vs. admin backup/check, see registry::collector_lock)
-//!   palisade.lock         held by a running `palisade serve`
+//!   artifacts/sha256/<2 hex>/<64 hex>
+//!                         file artifacts of imported bundles (appliance binaries and images,
+//!                         other files), content-addressed; see docs/bundle-format.md
+//!   staging/<bundle id>/  a bundle import in progress (kept across a crash, to resume)
+//!   palisade.lock         held by a running `palisade serve`, and by `palisade bundle import`
 //! ```
 
 use std::fs::File;
@@ -106,6 +110,16 @@ impl DataDir {
     /// The OCI registry's blob store and upload files.
     pub fn registry_dir(&self) -> PathBuf {
         self.root.join("registry")
+    }
+
+    /// Where bundle imports stage their content before it moves into place.
+    pub fn staging_dir(&self) -> PathBuf {
+        self.root.join("staging")
+    }
+
+    /// The content-addressed store of imported file artifacts.
+    pub fn artifacts_dir(&self) -> PathBuf {
+        self.root.join("artifacts")
     }
 
     /// Take the directory's exclusive lock, failing at once if a running appliance holds it.

@@ -8,15 +8,16 @@
 pub mod api;
 pub mod app;
 pub mod broker;
+pub mod bundle;
 pub mod cli;
 pub mod config;
 pub mod console;
 pub mod datadir;
 pub mod model;
 pub mod oci_pull;
+pub mod orchestrator;
 pub mod pack;
 pub mod pack_sources;
-pub mod orchestrator;
 pub mod pki;
 pub mod registry;
 pub mod secrets;

@@ -13,6 +13,8 @@ pub mod middleware;
 
 pub mod audit;
 pub mod broker;
+pub mod bundle_keys;
+pub mod bundles;
 pub mod catalog;
 pub mod cloud_accounts;
 pub mod clusters;
@@ -99,6 +101,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .merge(pack_sources::routes())
         .merge(audit::routes())
         .merge(broker::routes())
+        .merge(bundle_keys::routes())
+        .merge(bundles::routes())
 }
 
 /// The OpenAPI document of the API.

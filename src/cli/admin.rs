@@ -206,12 +206,24 @@ pub(super) async fn run(cmd: AdminCommand) -> anyhow::Result<i32> {
             problems.extend(store.check_sealed_credentials().await?);
             let registry = check_registry(&dir, &store, deep).await?;
             problems.extend(registry.problems);
+            let files = check_bundle_files(&dir, &store, deep).await?;
+            problems.extend(files.problems);
             if problems.is_empty() {
                 println!("database {}: ok", dir.db_path().display());
                 println!(
                     "registry {}: ok, {} referenced blob(s) present{}",
                     dir.registry_dir().display(),
                     registry.blobs,
+                    if deep {
+                        " and hashing to their digests"
+                    } else {
+                        ""
+                    }
+                );
+                println!(
+                    "bundle artifacts {}: ok, {} file(s) present{}",
+                    dir.artifacts_dir().display(),
+                    files.blobs,
                     if deep {
                         " and hashing to their digests"
                     } else {
@@ -262,7 +274,7 @@ const PROGRESS_LINE_BYTES: u64 = 256 << 20;
 const PROGRESS_REDRAW: Duration = Duration::from_millis(200);
 
 /// A size for people: `512 B`, `3.2 MiB`, `1.5 GiB`.
-fn human(bytes: u64) -> String {
+pub(super) fn human(bytes: u64) -> String {
     const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
     if bytes < 1024 {
         return format!("{bytes} B");
@@ -882,6 +894,50 @@ async fn check_registry(dir: &DataDir, store: &Store, deep: bool) -> anyhow::Res
     })
     .await
     .context("the blob check worker stopped")?;
+    Ok(check)
+}
+
+/// Check that every file artifact an imported bundle recorded is in `<data-dir>/artifacts/`
+/// (and with `deep`, hashes to its digest). Problems name the bundle and the artifact.
+async fn check_bundle_files(
+    dir: &DataDir,
+    store: &Store,
+    deep: bool,
+) -> anyhow::Result<RegistryCheck> {
+    let rows = store.bundle_file_artifacts().await?;
+    let root = dir.root().to_path_buf();
+    let check = tokio::task::spawn_blocking(move || {
+        let mut problems = Vec::new();
+        for [bundle, kind, name, version, digest, location] in &rows {
+            let path = root.join(location);
+            let problem = match std::fs::metadata(&path) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    Some(format!("is missing: no file {}", path.display()))
+                }
+                Err(e) => Some(format!("cannot be read ({}: {e})", path.display())),
+                Ok(_) if deep => match hash_file(&path) {
+                    Ok((actual, _)) if actual.as_str() == digest => None,
+                    Ok((actual, _)) => Some(format!(
+                        "is corrupt: its file {} hashes to {actual}",
+                        path.display()
+                    )),
+                    Err(e) => Some(format!("cannot be read ({:#})", anyhow!(e))),
+                },
+                Ok(_) => None,
+            };
+            if let Some(p) = problem {
+                problems.push(format!(
+                    "bundle {bundle}: {kind} {name} {version} ({digest}) {p}: import the bundle again"
+                ));
+            }
+        }
+        RegistryCheck {
+            blobs: rows.len(),
+            problems,
+        }
+    })
+    .await
+    .context("the artifact check worker stopped")?;
     Ok(check)
 }
 

@@ -1,9 +1,11 @@
 //! Command-line interface: one file per subcommand; arguments, progress and output only.
 //!
 //! Exit codes scripts can rely on: 0 success; 1 the operation failed (the message says why);
-//! 2 bad usage (clap's own); 3 a check found problems (`admin check`, `admin audit-verify`).
+//! 2 bad usage (clap's own); 3 a check found problems (`admin check`, `admin audit-verify`,
+//! `bundle verify`).
 
 mod admin;
+mod bundle;
 mod pack;
 mod serve;
 
@@ -30,6 +32,9 @@ enum Command {
     /// Pack authoring, offline: check, render and package a pack directory.
     #[command(subcommand)]
     Pack(pack::PackCommand),
+    /// Offline bundles: keygen, build, verify, inspect, import, trusted keys.
+    #[command(subcommand)]
+    Bundle(bundle::BundleCommand),
 }
 
 /// Run the parsed command; returns the process exit code.
@@ -44,5 +49,6 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Serve(config) => runtime.block_on(serve::run(config)),
         Command::Admin(cmd) => runtime.block_on(admin::run(cmd)),
         Command::Pack(cmd) => pack::run(cmd),
+        Command::Bundle(cmd) => runtime.block_on(bundle::run(cmd)),
     }
 }

@@ -311,6 +311,17 @@ impl BlobStore {
         })?
     }
 
+    /// Move `from`, a file outside the store whose content was verified to hash to `digest`
+    /// (a bundle import's staged file, on the same file system), into the store: fsynced and
+    /// renamed like a committed upload. Returns false, and removes `from`, when the blob is
+    /// already present: stored blobs are never written again.
+    pub fn place_verified(&self, from: &Path, digest: &Digest) -> Result<bool> {
+        let to = self.blob_path(digest);
+        let existed = to.exists();
+        place_file(from, &to, &self.blobs)?;
+        Ok(!existed)
+    }
+
     /// Delete the file of upload `id`, if it is still there.
     pub async fn remove_upload(&self, id: &uuid::Uuid) -> Result<()> {
         remove_if_present(&self.upload_path(id)).await
@@ -432,8 +443,9 @@ where
 }
 
 /// fsync `from`, then rename it to `to` (creating its directory) unless `to` exists, then
-/// fsync the directories involved. `from` is gone afterwards either way.
-fn place_file(from: &Path, to: &Path, blobs: &Path) -> Result<()> {
+/// fsync the directories involved. `from` is gone afterwards either way. `blobs` is the root
+/// of the content-addressed tree `to` belongs to.
+pub fn place_file(from: &Path, to: &Path, blobs: &Path) -> Result<()> {
     if to.exists() {
         // Already stored: never write the same content twice.
         return std::fs::remove_file(from).map_err(io("remove duplicate upload", from));

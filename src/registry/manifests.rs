@@ -53,6 +53,12 @@ fn essence(content_type: &str) -> &str {
     content_type.split(';').next().unwrap_or("").trim()
 }
 
+/// Whether `media_type` is one of the manifest types the registry stores (used by bundle
+/// import to check artifact metadata before it reaches the registry).
+pub fn is_manifest_media_type(media_type: &str) -> bool {
+    known(media_type).is_some()
+}
+
 fn known(media_type: &str) -> Option<&'static str> {
     [OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST]
         .into_iter()

@@ -82,6 +82,13 @@ impl Registry {
         })
     }
 
+    /// Hold while making blobs reachable from outside the `/v2/` handlers (a bundle imported
+    /// into the running appliance): from checking that the files are in place until the
+    /// database transaction that references them commits. The collector waits meanwhile.
+    pub async fn reachability_guard(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
+        self.gc.read().await
+    }
+
     /// Delete what nothing references any more. The rule:
     ///
     /// - a blob is kept while any repository links it (it was pushed or mounted there and not

@@ -197,7 +197,7 @@ fn verify(c: &Connection) -> Result<ChainReport> {
 }
 
 /// Append `entry` to the chain inside the caller's transaction.
-fn append_tx(tx: &Connection, entry: AuditEntry, at: Timestamp) -> Result<AuditRecord> {
+pub(super) fn append_tx(tx: &Connection, entry: AuditEntry, at: Timestamp) -> Result<AuditRecord> {
     let head: Option<(i64, String)> = tx
         .query_row("SELECT seq, hash FROM audit_head WHERE id = 1", [], |r| {
             Ok((r.get(0)?, r.get(1)?))

@@ -311,6 +311,42 @@ CREATE TABLE pack_source_packs (
     UNIQUE (source_id, name, version)
 );
 "#,
+    // 7: offline bundles: the public keys trusted to sign them, what was imported (for
+    // rollback protection and audit), and where each artifact went.
+    r#"
+CREATE TABLE bundle_trusted_keys (
+    key_id TEXT PRIMARY KEY,
+    public_key TEXT NOT NULL,
+    comment TEXT NOT NULL DEFAULT '',
+    added_by TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE bundle_imports (
+    id INTEGER PRIMARY KEY,
+    bundle_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    version TEXT NOT NULL,
+    manifest_sha256 TEXT NOT NULL,
+    created TEXT NOT NULL,
+    signers TEXT NOT NULL,
+    trusted INTEGER NOT NULL,
+    imported_by TEXT NOT NULL,
+    imported_at INTEGER NOT NULL,
+    UNIQUE (name, version)
+);
+CREATE TABLE bundle_artifacts (
+    import_id INTEGER NOT NULL REFERENCES bundle_imports(id) ON DELETE CASCADE,
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    version TEXT NOT NULL,
+    media_type TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    digest TEXT NOT NULL,
+    location TEXT NOT NULL,
+    PRIMARY KEY (import_id, kind, name, version)
+);
+CREATE INDEX bundle_artifacts_digest ON bundle_artifacts(digest);
+"#,
 ];
 
 /// The schema version this executable writes.

@@ -131,7 +131,12 @@ fn has_manifest(c: &Connection, repo: i64, digest: &str) -> Result<bool> {
     .map_err(Error::sql("read manifest"))
 }
 
-fn insert_blob_row(tx: &Transaction<'_>, digest: &str, size: u64, at: Timestamp) -> Result<()> {
+pub(super) fn insert_blob_row(
+    tx: &Transaction<'_>,
+    digest: &str,
+    size: u64,
+    at: Timestamp,
+) -> Result<()> {
     tx.execute(
         "INSERT OR IGNORE INTO registry_blobs (digest, size, created_at) VALUES (?, ?, ?)",
         params![digest, size as i64, to_millis(at)],
@@ -181,6 +186,65 @@ fn first_referrer(c: &Connection, repository_id: i64, digest: &str) -> Result<Op
     )
     .optional()
     .map_err(Error::sql("read manifest references"))
+}
+
+/// Store manifest `m` in `repository_id` and point `tag` at it, inside the caller's
+/// transaction; stores nothing and names what is missing when a reference is not in the
+/// repository. Shared by pushes and bundle imports.
+pub(super) fn put_manifest_tx(
+    tx: &Transaction<'_>,
+    repository_id: i64,
+    m: &NewManifest,
+    tag: Option<&str>,
+) -> Result<PutManifest> {
+    let mut missing = Vec::new();
+    for d in &m.blobs {
+        if !is_linked(tx, repository_id, d)? && !missing.contains(d) {
+            missing.push(d.clone());
+        }
+    }
+    for d in &m.manifests {
+        if !has_manifest(tx, repository_id, d)? && !missing.contains(d) {
+            missing.push(d.clone());
+        }
+    }
+    if !missing.is_empty() {
+        return Ok(PutManifest::MissingReferences(missing));
+    }
+    let t = to_millis(now());
+    insert_blob_row(tx, &m.digest, m.size, now())?;
+    // Same digest means same bytes: an existing row is already right.
+    tx.execute(
+        "INSERT OR IGNORE INTO registry_manifests (repository_id, digest, media_type, size, artifact_type, subject, annotations, created_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        params![
+            repository_id,
+            m.digest,
+            m.media_type,
+            m.size as i64,
+            m.artifact_type,
+            m.subject,
+            m.annotations,
+            t
+        ],
+    )
+    .map_err(Error::sql("store manifest"))?;
+    for child in m.blobs.iter().chain(m.manifests.iter()) {
+        tx.execute(
+            "INSERT OR IGNORE INTO registry_manifest_refs (repository_id, manifest_digest, child_digest) VALUES (?, ?, ?)",
+            params![repository_id, m.digest, child],
+        )
+        .map_err(Error::sql("record manifest reference"))?;
+    }
+    if let Some(tag) = tag {
+        tx.execute(
+            "INSERT INTO registry_tags (repository_id, tag, digest, updated_at) VALUES (?, ?, ?, ?)
+             ON CONFLICT (repository_id, tag) DO UPDATE SET digest = excluded.digest, updated_at = excluded.updated_at",
+            params![repository_id, tag, m.digest, t],
+        )
+        .map_err(Error::sql("tag manifest"))?;
+    }
+    Ok(PutManifest::Stored)
 }
 
 impl Store {
@@ -437,57 +501,8 @@ impl Store {
         tag: Option<&str>,
     ) -> Result<PutManifest> {
         let tag = tag.map(str::to_string);
-        self.write(move |tx, _| {
-            let mut missing = Vec::new();
-            for d in &m.blobs {
-                if !is_linked(tx, repository_id, d)? && !missing.contains(d) {
-                    missing.push(d.clone());
-                }
-            }
-            for d in &m.manifests {
-                if !has_manifest(tx, repository_id, d)? && !missing.contains(d) {
-                    missing.push(d.clone());
-                }
-            }
-            if !missing.is_empty() {
-                return Ok(PutManifest::MissingReferences(missing));
-            }
-            let t = to_millis(now());
-            insert_blob_row(tx, &m.digest, m.size, now())?;
-            // Same digest means same bytes: an existing row is already right.
-            tx.execute(
-                "INSERT OR IGNORE INTO registry_manifests (repository_id, digest, media_type, size, artifact_type, subject, annotations, created_at)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                params![
-                    repository_id,
-                    m.digest,
-                    m.media_type,
-                    m.size as i64,
-                    m.artifact_type,
-                    m.subject,
-                    m.annotations,
-                    t
-                ],
-            )
-            .map_err(Error::sql("store manifest"))?;
-            for child in m.blobs.iter().chain(m.manifests.iter()) {
-                tx.execute(
-                    "INSERT OR IGNORE INTO registry_manifest_refs (repository_id, manifest_digest, child_digest) VALUES (?, ?, ?)",
-                    params![repository_id, m.digest, child],
-                )
-                .map_err(Error::sql("record manifest reference"))?;
-            }
-            if let Some(tag) = tag {
-                tx.execute(
-                    "INSERT INTO registry_tags (repository_id, tag, digest, updated_at) VALUES (?, ?, ?, ?)
-                     ON CONFLICT (repository_id, tag) DO UPDATE SET digest = excluded.digest, updated_at = excluded.updated_at",
-                    params![repository_id, tag, m.digest, t],
-                )
-                .map_err(Error::sql("tag manifest"))?;
-            }
-            Ok(PutManifest::Stored)
-        })
-        .await
+        self.write(move |tx, _| put_manifest_tx(tx, repository_id, &m, tag.as_deref()))
+            .await
     }
 
     /// The manifest tagged `tag` in `repository_id`.

@@ -8,6 +8,7 @@ mod auth;
 mod backup;
 mod broker;
 mod browser;
+mod bundle;
 mod durability;
 mod oci_pull;
 mod openapi;

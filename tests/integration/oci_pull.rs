@@ -38,7 +38,7 @@ pub(crate) struct DockerRegistry {
 
 impl DockerRegistry {
     /// Start without authentication.
-    fn start() -> DockerRegistry {
+    pub(crate) fn start() -> DockerRegistry {
         DockerRegistry::start_with(Auth::None, None)
     }
 
