@@ -6,7 +6,7 @@
 //! members' patterns match; a watcher attaches members to topics created after they
 //! subscribed (those are read from their first message).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -529,6 +529,3 @@ impl Drop for Subscription {
         self.broker.detach(&self.group, self.member.id);
     }
 }
-
-/// Sorted header map, as the log stores it.
-pub type Headers = BTreeMap<String, Vec<u8>>;
