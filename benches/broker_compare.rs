@@ -244,6 +244,9 @@ async fn palisade_latency(client: &Client, n: usize, rate: f64) -> Vec<f64> {
                 break;
             };
             sub.ack(&d);
+            if d.attempt > 1 {
+                eprintln!("redelivered: offset {} attempt {}", d.offset, d.attempt);
+            }
             let sent = u64::from_le_bytes(d.payload[..8].try_into().unwrap_or([0; 8]));
             lat.push((origin.elapsed().as_nanos() as u64 - sent) as f64 / 1e6);
         }

@@ -772,3 +772,42 @@ async fn the_client_fails_over_to_the_next_endpoint() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("the unit must be s, m, h or d"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_waiting_for_a_new_topic_gets_each_message_once_and_promptly() {
+    let app = TestApp::start();
+    let admin = app.admin().await;
+    let client = peer_client(&app, &admin, "b1").await;
+    for round in 0..10 {
+        let topic = format!("fresh.t{round}");
+        let mut options = SubscribeOptions::new(pattern(&topic));
+        options.credit = 1000;
+        let mut sub = client.subscribe(options).await.expect("subscribe");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let publisher = client.publisher(&topic).expect("publisher");
+        let started = std::time::Instant::now();
+        let mut acks = Vec::new();
+        for i in 0..200 {
+            acks.push(
+                publisher
+                    .send(vec![msg(None, &i.to_string())])
+                    .await
+                    .expect("send"),
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        for a in acks {
+            a.wait().await.expect("durable");
+        }
+        let got = take(&mut sub, 200, true).await;
+        assert!(
+            got.iter().all(|d| d.attempt == 1),
+            "round {round}: redeliveries where none were due"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "round {round}: took {:?}",
+            started.elapsed()
+        );
+    }
+}
