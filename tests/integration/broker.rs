@@ -811,3 +811,63 @@ async fn a_subscriber_waiting_for_a_new_topic_gets_each_message_once_and_promptl
         );
     }
 }
+
+#[tokio::test]
+async fn subscriptions_start_at_an_offset_or_a_time() {
+    let app = TestApp::start();
+    let admin = app.admin().await;
+    let client = peer_client(&app, &admin, "b1").await;
+    let first = (0..10).map(|i| msg(None, &format!("early{i}"))).collect();
+    client.publish("history", first).await.expect("publish");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let cut = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let later = (0..5).map(|i| msg(None, &format!("late{i}"))).collect();
+    client.publish("history", later).await.expect("publish");
+
+    let mut at_offset = SubscribeOptions::new(pattern("history"));
+    at_offset.start = Start::Offset(7);
+    let mut sub = client.subscribe(at_offset).await.expect("subscribe");
+    let got: Vec<u64> = take(&mut sub, 8, true)
+        .await
+        .iter()
+        .map(|d| d.offset)
+        .collect();
+    assert_eq!(got, (7..15).collect::<Vec<u64>>());
+    quiet(&mut sub, Duration::from_millis(300)).await;
+
+    let mut at_time = SubscribeOptions::new(pattern("history"));
+    at_time.start = Start::Time(cut);
+    let mut sub = client.subscribe(at_time).await.expect("subscribe");
+    let got = take(&mut sub, 5, true).await;
+    assert_eq!(got[0].offset, 10, "the first message stamped after the cut");
+    assert_eq!(got[0].payload, b"late0");
+    quiet(&mut sub, Duration::from_millis(300)).await;
+
+    // A named group that has a committed position ignores the start it is given.
+    let mut group_opts = SubscribeOptions::new(pattern("history"));
+    group_opts.group = Some(group("replay"));
+    group_opts.start = Start::Earliest;
+    {
+        let mut sub = client
+            .subscribe(group_opts.clone())
+            .await
+            .expect("subscribe");
+        take(&mut sub, 15, true).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    client
+        .publish("history", vec![msg(None, "new")])
+        .await
+        .expect("publish");
+    let mut sub = client.subscribe(group_opts).await.expect("resubscribe");
+    let got = take(&mut sub, 1, true).await;
+    assert_eq!(
+        (got[0].offset, got[0].payload.as_slice()),
+        (15, &b"new"[..])
+    );
+}
