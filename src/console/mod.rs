@@ -4,6 +4,10 @@
 //! Pages authenticate with the session cookie (`Page` extractor); every form carries the
 //! session's CSRF token (`Posted` extractor). Form handlers call the same operations as the
 //! REST API (`api::*::add_*`), so access rules and validation live in one place.
+//!
+//! The one script, `static/bundles.js` (Bundles page), is a static file too: it drives the
+//! resumable upload API with the session cookie and the CSRF header, so the policy below
+//! never needs inline script.
 
 mod forms;
 mod pages;
@@ -45,17 +49,19 @@ impl Default for Console {
     }
 }
 
-/// Navigation bar entries: path and label.
-const NAV: &[(&str, &str)] = &[
-    ("/", "Dashboard"),
-    ("/tenants", "Tenants"),
-    ("/users", "Users"),
-    ("/tokens", "API tokens"),
-    ("/cloud-accounts", "Cloud accounts"),
-    ("/profiles", "Profiles"),
-    ("/clusters", "Clusters"),
-    ("/packs", "Packs"),
-    ("/audit", "Audit"),
+/// Navigation bar entries: path, label, and whether only system admins see the entry (the
+/// page itself refuses others too).
+const NAV: &[(&str, &str, bool)] = &[
+    ("/", "Dashboard", false),
+    ("/tenants", "Tenants", false),
+    ("/users", "Users", false),
+    ("/tokens", "API tokens", false),
+    ("/cloud-accounts", "Cloud accounts", false),
+    ("/profiles", "Profiles", false),
+    ("/clusters", "Clusters", false),
+    ("/packs", "Packs", false),
+    ("/bundles", "Bundles", true),
+    ("/audit", "Audit", false),
 ];
 
 /// Console routes (HTML; not part of the REST API document).
@@ -77,6 +83,7 @@ pub fn router() -> Router<AppState> {
         .route("/profiles", get(pages::profiles).post(forms::profile))
         .route("/clusters", get(pages::clusters))
         .route("/packs", get(pages::packs))
+        .route("/bundles", get(pages::bundles))
         .route("/audit", get(pages::audit))
         .route("/static/{*path}", get(static_file))
 }
@@ -175,9 +182,11 @@ fn render(
     flash: &Flash,
     extra: Value,
 ) -> Result<Response, ApiError> {
+    let admin = session.is_some_and(|s| s.principal.is_system_admin());
     let nav: Vec<Value> = NAV
         .iter()
-        .map(|(href, label)| context! { href, label })
+        .filter(|(_, _, admin_only)| admin || !admin_only)
+        .map(|(href, label, _)| context! { href, label })
         .collect();
     let base = context! {
         title, active, nav,
@@ -193,7 +202,8 @@ fn render(
         .and_then(|t| t.render(context! { ..base, ..extra }))
         .map_err(ApiError::internal)?;
     let mut res = Html(html).into_response();
-    // The console never needs to be framed, and loads nothing from elsewhere.
+    // The console never needs to be framed, and loads nothing from elsewhere. Scripts fall
+    // under default-src 'self': files from /static/ only, never inline or eval'd code.
     res.headers_mut()
         .insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     res.headers_mut().insert(
@@ -261,6 +271,7 @@ mod tests {
             "profiles.html",
             "clusters.html",
             "packs.html",
+            "bundles.html",
             "audit.html",
         ] {
             c.env

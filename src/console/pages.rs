@@ -12,6 +12,10 @@ use crate::api::error::ApiError;
 use crate::api::AppState;
 use crate::model::{Principal, Project, Tenant, Visibility, MAX_PAGE};
 
+/// Bytes the Bundles page sends per `PATCH`: a dropped connection costs at most this much
+/// again, and each request is large enough that its overhead does not matter.
+const UPLOAD_CHUNK_BYTES: u64 = 8 * 1024 * 1024;
+
 pub(super) async fn dashboard(
     State(app): State<AppState>,
     Page(s): Page,
@@ -304,6 +308,55 @@ pub(super) async fn packs(
         Some(&s),
         &flash,
         context! { packs => packs.items },
+    )
+}
+
+/// Imported bundles and the upload form (`static/bundles.js`), for system admins only, like
+/// the upload API the form drives.
+pub(super) async fn bundles(
+    State(app): State<AppState>,
+    Page(s): Page,
+    Query(flash): Query<Flash>,
+) -> Result<Response, ApiError> {
+    if !s.principal.is_system_admin() {
+        let flash = Flash::error("Bundles are imported by system admins.");
+        return render(
+            &app,
+            "bundles.html",
+            "Bundles",
+            "/bundles",
+            Some(&s),
+            &flash,
+            context! { admin => false },
+        );
+    }
+    let bundles: Vec<_> = app
+        .store
+        .bundle_imports()
+        .await?
+        .into_iter()
+        .map(|b| {
+            let imported_at = b
+                .imported_at
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default();
+            context! {
+                name => b.name, version => b.version, bundle_id => b.bundle_id,
+                trusted => b.trusted, imported_by => b.imported_by, imported_at,
+            }
+        })
+        .collect();
+    render(
+        &app,
+        "bundles.html",
+        "Bundles",
+        "/bundles",
+        Some(&s),
+        &flash,
+        context! {
+            admin => true, bundles,
+            chunk_bytes => UPLOAD_CHUNK_BYTES, chunk_mib => UPLOAD_CHUNK_BYTES / (1024 * 1024),
+        },
     )
 }
 

@@ -17,7 +17,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use reqwest::header::CONTENT_SECURITY_POLICY;
 use serde_json::{json, Value};
 
-use crate::support::{TestApp, PASSWORD};
+use crate::support::{run_cli, TestApp, PASSWORD};
 
 /// How long any single wait (page load, element, URL, script) may take.
 pub const WAIT: Duration = Duration::from_secs(10);
@@ -583,7 +583,15 @@ async fn console_loads_nothing_from_outside_the_appliance() {
 
     let origin = b.execute("return location.origin").await;
     assert_eq!(origin, json!(app.base), "console origin");
-    for path in ["/", "/tenants", "/tokens", "/users", "/clusters", "/audit"] {
+    for path in [
+        "/",
+        "/tenants",
+        "/tokens",
+        "/users",
+        "/clusters",
+        "/bundles",
+        "/audit",
+    ] {
         b.goto(path).await;
         b.find("#whoami").await;
         let resources = b
@@ -722,6 +730,329 @@ async fn console_shows_a_new_api_token_secret_once() {
         "a ?token= link shows a secret box"
     );
     assert!(!b.body_text().await.contains("forged-secret"));
+
+    b.close().await;
+}
+
+/// A data directory with the system admin `admin` and a trusted bundle signing key, plus what
+/// it takes to build bundles signed with that key.
+struct BundleKit {
+    tmp: tempfile::TempDir,
+    data: PathBuf,
+    key: PathBuf,
+}
+
+/// Run the executable and require success; returns stdout.
+fn palisade_ok(args: &[&str], stdin: Option<&str>) -> String {
+    let (code, out, err) = run_cli(args, stdin);
+    assert_eq!(code, 0, "palisade {args:?}: {out}{err}");
+    out
+}
+
+fn utf8(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// Deterministic incompressible bytes (xorshift), so a bundle's size is what the test says.
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+impl BundleKit {
+    /// Create the admin offline and trust a fresh key (throwaway, made for this test).
+    fn new() -> BundleKit {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let data = tmp.path().join("data");
+        let key = tmp.path().join("throwaway-signing.pem");
+        palisade_ok(&["bundle", "keygen", "-o", utf8(&key)], None);
+        palisade_ok(
+            &[
+                "admin",
+                "create-user",
+                "--data-dir",
+                utf8(&data),
+                "--password-stdin",
+                "admin",
+            ],
+            Some(&format!("{PASSWORD}\n")),
+        );
+        let public = tmp.path().join("throwaway-signing.pem.pub");
+        palisade_ok(
+            &[
+                "bundle",
+                "trust",
+                "add",
+                utf8(&public),
+                "--data-dir",
+                utf8(&data),
+            ],
+            None,
+        );
+        BundleKit { tmp, data, key }
+    }
+
+    /// Build bundle `console-upload` `version` holding one file of `len` noise bytes.
+    fn build(&self, version: &str, len: usize) -> PathBuf {
+        let work = self.tmp.path().join(format!("src-{version}"));
+        std::fs::create_dir_all(&work).expect("mkdir");
+        std::fs::write(work.join("payload.bin"), noise(len as u64, len)).expect("payload");
+        std::fs::write(
+            work.join("recipe.toml"),
+            format!(
+                "[bundle]\nname = \"console-upload\"\nversion = \"{version}\"\n\
+                 [[file]]\npath = \"payload.bin\"\nname = \"payload\"\nversion = \"{version}\"\n"
+            ),
+        )
+        .expect("recipe");
+        let out = self
+            .tmp
+            .path()
+            .join(format!("console-upload-{version}.bundle"));
+        palisade_ok(
+            &[
+                "bundle",
+                "build",
+                utf8(&work.join("recipe.toml")),
+                "--key",
+                utf8(&self.key),
+                "-o",
+                utf8(&out),
+            ],
+            None,
+        );
+        out
+    }
+}
+
+/// Files left in the appliance's upload staging directory.
+fn staged_uploads(app: &TestApp) -> Vec<PathBuf> {
+    match std::fs::read_dir(app.dir.join("staging/uploads")) {
+        Ok(entries) => entries.flatten().map(|e| e.path()).collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// How long an upload and import from the Bundles page may take.
+const UPLOAD_WAIT: Duration = Duration::from_secs(60);
+
+/// Wait for the Bundles page to report the outcome of an upload: the notice after success, or
+/// the error shown in the page; `Err` carries the error text.
+async fn upload_outcome(b: &Browser) -> Result<String, String> {
+    let deadline = Instant::now() + UPLOAD_WAIT;
+    loop {
+        if b.exists(".flash.ok").await {
+            return Ok(b.text(".flash.ok").await);
+        }
+        if b.exists("#upload-result.error:not([hidden])").await {
+            return Err(b.text("#upload-result").await);
+        }
+        if Instant::now() > deadline {
+            b.screenshot("upload-timeout").await;
+            panic!(
+                "no upload outcome within {UPLOAD_WAIT:?}; the page shows:\n{}",
+                b.body_text().await
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Open the Bundles page with the script running, small chunks (so a small bundle takes
+/// several PATCH requests), and `file` chosen in the file input.
+async fn choose_bundle_file(b: &Browser, file: &Path) {
+    b.goto("/bundles").await;
+    b.find("#upload-form:not([hidden])").await;
+    b.execute("document.getElementById('upload-form').dataset.chunkBytes = '65536'; return null")
+        .await;
+    b.find("#bundle-file")
+        .await
+        .send_keys(utf8(file))
+        .await
+        .unwrap_or_else(|e| panic!("choose {}: {e}", file.display()));
+}
+
+#[tokio::test]
+async fn console_uploads_a_bundle_in_chunks_resumes_an_interrupted_upload_and_imports_it() {
+    let kit = BundleKit::new();
+    let first = kit.build("1.0.0", 300_000);
+    let second = kit.build("1.1.0", 400_000);
+    let app = TestApp::start_in(&kit.data, &[]);
+    let admin = app.login_token("admin", PASSWORD).await;
+
+    // Not for other users: no nav entry, and the page refuses (no form, no script).
+    admin
+        .create(
+            "/v1/users",
+            json!({"username": "viewer", "password": PASSWORD, "tenant_id": null}),
+        )
+        .await;
+    let viewer = app.login("viewer", PASSWORD).await;
+    let r = viewer
+        .send(reqwest::Method::GET, "/bundles", None, &[])
+        .await;
+    assert!(r.status.is_success(), "/bundles for a viewer: {}", r.status);
+    assert!(
+        r.text.contains("Bundles are imported by system admins."),
+        "{}",
+        r.text
+    );
+    assert!(!r.text.contains("upload-form") && !r.text.contains("bundles.js"));
+    assert!(!r.text.contains("href=\"/bundles\""), "nav entry shown");
+    // The script is served as JavaScript (the page's policy and nosniff need that).
+    let js = app
+        .client()
+        .get(format!("{}/static/bundles.js", app.base))
+        .send()
+        .await
+        .expect("request");
+    assert!(js.status().is_success());
+    let mime = js.headers()[reqwest::header::CONTENT_TYPE]
+        .to_str()
+        .expect("ascii")
+        .to_string();
+    assert!(mime.contains("javascript"), "bundles.js served as {mime}");
+
+    let b = Browser::start(&app, "bundle-upload").await;
+    log_in_in_browser(&b, "admin", PASSWORD).await;
+    b.click_css("header nav a[href='/bundles']").await;
+    b.wait_for_path("/bundles").await;
+    b.find("#upload-form:not([hidden])").await;
+    assert!(
+        !b.exists("#upload-needs-script:not([hidden])").await,
+        "the no-script hint stays visible although the script runs"
+    );
+    assert!(b.text("#cli-help").await.contains("palisade bundle import"));
+    assert!(b
+        .text("#bundle-list")
+        .await
+        .contains("No bundles imported yet"));
+
+    // Nothing chosen: a clear error, nothing sent.
+    b.click("upload-submit").await;
+    let err = b
+        .wait_for_text("#upload-result", "Choose the bundle file")
+        .await;
+    assert!(!err.is_empty());
+
+    // Upload in 64 KiB chunks and import.
+    choose_bundle_file(&b, &first).await;
+    b.click("upload-submit").await;
+    let notice = upload_outcome(&b).await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        notice.contains("Imported console-upload 1.0.0")
+            && notice.contains("signed by a trusted key"),
+        "{notice}"
+    );
+    assert!(!notice.contains("resumed"), "{notice}");
+    assert_eq!(b.path().await, "/bundles");
+    let list = b.text("#bundle-list").await;
+    assert!(
+        list.contains("console-upload") && list.contains("1.0.0") && list.contains("admin"),
+        "{list}"
+    );
+    b.screenshot("imported").await;
+    let (status, audit) = admin.get("/v1/audit?action=bundle%20import").await;
+    assert_eq!(status, 200, "{audit}");
+    assert!(
+        audit.to_string().contains("console-upload 1.0.0"),
+        "the import is not in the audit log: {audit}"
+    );
+    assert!(
+        staged_uploads(&app).is_empty(),
+        "{:?}",
+        staged_uploads(&app)
+    );
+
+    // Resume: an upload interrupted after part of the file (sent through the API here, as a
+    // page that lost its connection and was reloaded would have) is continued from the
+    // server's offset when the same file is chosen again.
+    let bytes = std::fs::read(&second).expect("bundle");
+    let (status, created) = admin.post("/v1/bundle-uploads", json!({})).await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().expect("id").to_string();
+    let part = bytes.len() / 3;
+    let r = crate::support::call(
+        &admin,
+        reqwest::Method::PATCH,
+        &format!("/v1/bundle-uploads/{id}"),
+        &[
+            ("content-type", "application/octet-stream"),
+            ("upload-offset", "0"),
+        ],
+        Some(bytes[..part].to_vec()),
+    )
+    .await;
+    assert_eq!(r.status, 204, "{}", r.describe());
+    choose_bundle_file(&b, &second).await;
+    // What the page would have remembered: the session id under the file's name, size and
+    // modification time (as the browser reports them).
+    let size = b
+        .client()
+        .execute(
+            "const f = document.getElementById('bundle-file').files[0];
+             localStorage.setItem('palisade.bundle-upload:' + f.name + ':' + f.size + ':' + f.lastModified, arguments[0]);
+             return f.size;",
+            vec![json!(id)],
+        )
+        .await
+        .expect("remember the upload");
+    assert_eq!(size, json!(bytes.len()));
+    b.click("upload-submit").await;
+    let notice = upload_outcome(&b).await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        notice.contains("Imported console-upload 1.1.0") && notice.contains("resumed"),
+        "{notice}"
+    );
+    // The import consumed the interrupted session: the page continued it, not a new one.
+    assert_eq!(
+        admin.get(&format!("/v1/bundle-uploads/{id}")).await.0,
+        404,
+        "the interrupted upload session is still there"
+    );
+    assert!(
+        staged_uploads(&app).is_empty(),
+        "{:?}",
+        staged_uploads(&app)
+    );
+    assert!(b.text("#bundle-list").await.contains("1.1.0"));
+    let forgotten = b
+        .execute("return Object.keys(localStorage).filter(k => k.startsWith('palisade.bundle-upload:')).length")
+        .await;
+    assert_eq!(forgotten, json!(0), "upload ids left in localStorage");
+
+    // A file that is no bundle: the server's reason in the page, the upload dropped.
+    let junk = kit.tmp.path().join("not-a-bundle.bin");
+    std::fs::write(&junk, noise(7, 100_000)).expect("junk");
+    choose_bundle_file(&b, &junk).await;
+    b.click("upload-submit").await;
+    let err = upload_outcome(&b)
+        .await
+        .expect_err("a file that is no bundle was imported");
+    assert!(err.contains("Import failed (HTTP 400)"), "{err}");
+    assert!(err.contains("bundle refused"), "{err}");
+    b.screenshot("refused").await;
+    assert!(
+        staged_uploads(&app).is_empty(),
+        "{:?}",
+        staged_uploads(&app)
+    );
+    assert!(
+        b.find("#upload-submit")
+            .await
+            .is_enabled()
+            .await
+            .expect("enabled"),
+        "the button stays disabled after a failure"
+    );
 
     b.close().await;
 }
