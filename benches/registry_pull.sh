@@ -29,7 +29,8 @@
 #   BENCH_KEEP=1      keep the work directory (it is also kept when the script fails)
 #   TMPDIR            where the work directory is made (default /tmp); it holds about 4x the image
 #
-# Requires: skopeo, /usr/bin/docker-registry (Debian package docker-registry), curl, python3.
+# Requires: skopeo, /usr/bin/docker-registry (Debian package docker-registry), curl, python3,
+# openssl (docker-registry's certificate).
 
 set -euo pipefail
 
@@ -215,9 +216,24 @@ PY
 PAL="127.0.0.1:$PAL_PORT"
 log "palisade serve on https://$PAL (pid $PAL_PID)"
 
-# docker-registry: plain HTTP, no auth, filesystem storage in the work directory.
+# docker-registry: no auth, filesystem storage in the work directory; HTTPS like the appliance
+# (a throwaway self-signed certificate) unless REGISTRY_TLS=0, so both pay for TLS.
 REG_PORT="$(free_port)"
 REG="127.0.0.1:$REG_PORT"
+REG_TLS="${REGISTRY_TLS:-1}"
+REG_CERTS="$WORK/registry-certs" # skopeo's --*-cert-dir for docker-registry
+TLS_YAML=""
+REG_SCHEME=http
+if [[ "$REG_TLS" == 1 ]]; then
+    mkdir -p "$REG_CERTS"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+        -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 \
+        -keyout "$WORK/registry.key" -out "$REG_CERTS/ca.crt" 2>/dev/null
+    TLS_YAML="  tls:
+    certificate: $REG_CERTS/ca.crt
+    key: $WORK/registry.key"
+    REG_SCHEME=https
+fi
 cat >"$WORK/config.yml" <<EOF
 version: 0.1
 log:
@@ -228,16 +244,21 @@ storage:
 http:
   addr: $REG
   secret: bench-only-secret
+$TLS_YAML
 EOF
+reg_tls_args() { # skopeo flags for docker-registry as source (src) or destination (dest)
+    if [[ "$REG_TLS" == 1 ]]; then echo "--$1-cert-dir $REG_CERTS"; else echo "--$1-tls-verify=false"; fi
+}
+reg_curl() { if [[ "$REG_TLS" == 1 ]]; then echo "--cacert $REG_CERTS/ca.crt"; fi; }
 /usr/bin/docker-registry serve "$WORK/config.yml" >/dev/null 2>"$WORK/docker-registry.log" </dev/null &
 REG_PID=$!
 for ((n = 0; n < 200; n++)); do # at most ~10 s
-    curl -sf --max-time 1 "http://$REG/v2/" >/dev/null && break
+    curl -sf --max-time 1 $(reg_curl) "$REG_SCHEME://$REG/v2/" >/dev/null && break
     kill -0 "$REG_PID" 2>/dev/null || die "docker-registry exited early; see $WORK/docker-registry.log"
     sleep 0.05
 done
-curl -sf --max-time 1 "http://$REG/v2/" >/dev/null || die "docker-registry not ready within 10 s"
-log "docker-registry $(/usr/bin/docker-registry --version | awk '{print $NF}') on http://$REG (pid $REG_PID)"
+curl -sf --max-time 1 $(reg_curl) "$REG_SCHEME://$REG/v2/" >/dev/null || die "docker-registry not ready within 10 s"
+log "docker-registry $(/usr/bin/docker-registry --version | awk '{print $NF}') on $REG_SCHEME://$REG (pid $REG_PID)"
 
 # ---------------------------------------------------------------------------------------------
 # 3. Push the same image (same digests) into both.
@@ -245,7 +266,8 @@ log "pushing into palisade"
 skopeo_ copy -q --preserve-digests --dest-creds "admin:$TOKEN" --dest-cert-dir "$CERTS" \
     "oci:$LAYOUT:$TAG" "docker://$PAL/$REPO:$TAG" >&2
 log "pushing into docker-registry"
-skopeo_ copy -q --preserve-digests --dest-tls-verify=false \
+# shellcheck disable=SC2046 # the flags are meant to split
+skopeo_ copy -q --preserve-digests $(reg_tls_args dest) \
     "oci:$LAYOUT:$TAG" "docker://$REG/$REPO:$TAG" >&2
 rm -rf "$LAYOUT" # not needed any more; frees the disk for the pulls
 sync
@@ -265,7 +287,8 @@ pull_skopeo() {
         args+=(--src-creds "admin:$TOKEN" --src-cert-dir "$CERTS")
         src="docker://$PAL/$REPO:$TAG" pid="$PAL_PID"
     else
-        args+=(--src-tls-verify=false)
+        # shellcheck disable=SC2207 # the flags are meant to split
+        args+=($(reg_tls_args src))
         src="docker://$REG/$REPO:$TAG" pid="$REG_PID"
     fi
     rm -rf "$dest"
@@ -294,10 +317,14 @@ pull_curl() {
         if [[ "$name" == palisade ]]; then
             urls+=("https://$PAL/v2/$REPO/blobs/$d")
         else
-            urls+=("http://$REG/v2/$REPO/blobs/$d")
+            urls+=("$REG_SCHEME://$REG/v2/$REPO/blobs/$d")
         fi
     done
-    [[ "$name" == palisade ]] && args+=(--cacert "$CERTS/ca.crt" -u "admin:$TOKEN")
+    if [[ "$name" == palisade ]]; then
+        args+=(--cacert "$CERTS/ca.crt" -u "admin:$TOKEN")
+    elif [[ "$REG_TLS" == 1 ]]; then
+        args+=(--cacert "$REG_CERTS/ca.crt")
+    fi
     # One -o per URL.
     local outs=()
     for d in "${urls[@]}"; do outs+=(-o /dev/null); done
@@ -363,6 +390,6 @@ echo "|---|---|"
 echo "| nproc | $NPROC |"
 echo "| load average (1/5/15 min) at start / end | $LOAD_START / $LOAD_END |"
 echo "| palisade | $(basename "$BIN"), $(stat -c %s "$BIN") bytes, HTTPS (TLS, Basic auth with an API token) |"
-echo "| docker-registry | $(/usr/bin/docker-registry --version | awk '{print $NF}'), plain HTTP, no auth, filesystem storage |"
+echo "| docker-registry | $(/usr/bin/docker-registry --version | awk '{print $NF}'), $([[ $REG_TLS == 1 ]] && echo 'HTTPS (self-signed; REGISTRY_TLS=0 for plain HTTP)' || echo 'plain HTTP'), no auth, filesystem storage |"
 echo "| skopeo / curl | $(skopeo --version | awk '{print $NF}') / $(curl --version | awk 'NR == 1 {print $2}') |"
 echo "| order | $RUNS rounds of palisade then docker-registry, skopeo first, then curl |"
