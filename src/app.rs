@@ -127,14 +127,17 @@ pub async fn start(config: ServeConfig) -> Result<Appliance, Error> {
         (Some(cert), Some(key)) => pki::load_identity(cert, key)?,
         _ => pki.issue_server_identity(&pki::local_names(&config.extra_names))?,
     };
-    let broker_tls = crate::broker::service::tls_config(
-        pki::Identity {
+    // The broker always serves a certificate of the internal CA, even when the console uses
+    // an admin-supplied one: agents and gateways pin that CA.
+    let broker_identity = match (&config.tls_cert, &config.tls_key) {
+        (Some(_), Some(_)) => pki.issue_server_identity(&pki::local_names(&config.extra_names))?,
+        _ => pki::Identity {
             chain: identity.chain.clone(),
             key: identity.key.clone_key(),
         },
-        pki.ca_der().to_vec(),
-    )
-    .map_err(Error::BrokerTls)?;
+    };
+    let broker_tls = crate::broker::service::tls_config(broker_identity, pki.ca_der().to_vec())
+        .map_err(Error::BrokerTls)?;
     let tls = pki::server_config(identity)?;
     let listener = bind(config.listen)?;
     let broker_listener = bind(config.broker_listen).map_err(|e| match e {
