@@ -274,6 +274,10 @@ impl Broker {
                 let handle = self.dispatcher(&group, g, &topic, start);
                 attach(&member, &routes, topic, handle);
             }
+            // A topic created after the list above may already have been seen by the watcher
+            // (before this member was registered): attach to such topics now.
+            let latest = self.inner.log.topics();
+            self.attach_to_new_topics(&group, g, &member, &options.pattern, peer, &routes, &latest);
             g.members.insert(
                 id,
                 MemberEntry {
@@ -367,24 +371,39 @@ impl Broker {
                 })
                 .collect();
             for (member, pattern, peer, routes) in members {
-                for topic in &topics {
-                    if lock(&routes).contains_key(topic)
-                        || !pattern.matches(topic)
-                        || !access::may_read(&peer, topic)
-                    {
-                        continue;
-                    }
-                    // A topic that appeared after the subscription: all of it is new to the
-                    // subscriber, so read it from its first message (or the group's position).
-                    let start = g
-                        .durable
-                        .then(|| self.inner.log.committed(name, topic))
-                        .flatten()
-                        .unwrap_or(0);
-                    let handle = self.dispatcher(name, g, topic, start);
-                    attach(&member, &routes, topic.clone(), handle);
-                }
+                self.attach_to_new_topics(name, g, &member, &pattern, &peer, &routes, &topics);
             }
+        }
+    }
+
+    /// Attaches `member` to those of `topics` it matches and is not attached to yet.
+    #[allow(clippy::too_many_arguments)]
+    fn attach_to_new_topics(
+        &self,
+        name: &GroupName,
+        g: &mut Group,
+        member: &Arc<Member>,
+        pattern: &Pattern,
+        peer: &Peer,
+        routes: &Routes,
+        topics: &[TopicName],
+    ) {
+        for topic in topics {
+            if lock(routes).contains_key(topic)
+                || !pattern.matches(topic)
+                || !access::may_read(peer, topic)
+            {
+                continue;
+            }
+            // A topic that appeared after the subscription: all of it is new to the
+            // subscriber, so read it from its first message (or the group's position).
+            let start = g
+                .durable
+                .then(|| self.inner.log.committed(name, topic))
+                .flatten()
+                .unwrap_or(0);
+            let handle = self.dispatcher(name, g, topic, start);
+            attach(member, routes, topic.clone(), handle);
         }
     }
 
