@@ -221,6 +221,13 @@ async fn nats_throughput(
     count.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
 }
 
+/// Milliseconds since the Unix epoch, comparable with the log's timestamps.
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -247,6 +254,19 @@ async fn palisade_latency(client: &Client, n: usize, rate: f64) -> Vec<f64> {
             if d.attempt > 1 {
                 eprintln!("redelivered: offset {} attempt {}", d.offset, d.attempt);
             }
+            // Where the time went: send -> stored (the log's stamp) and stored -> received.
+            let sent_wall = u64::from_le_bytes(d.payload[8..16].try_into().unwrap_or([0; 8]));
+            let now_wall = wall_ms();
+            if d.timestamp_ms.saturating_sub(sent_wall) > 1000
+                || now_wall.saturating_sub(d.timestamp_ms) > 1000
+            {
+                eprintln!(
+                    "slow: offset {} send->stored {} ms, stored->received {} ms",
+                    d.offset,
+                    d.timestamp_ms as i64 - sent_wall as i64,
+                    now_wall as i64 - d.timestamp_ms as i64
+                );
+            }
             let sent = u64::from_le_bytes(d.payload[..8].try_into().unwrap_or([0; 8]));
             lat.push((origin.elapsed().as_nanos() as u64 - sent) as f64 / 1e6);
         }
@@ -260,6 +280,7 @@ async fn palisade_latency(client: &Client, n: usize, rate: f64) -> Vec<f64> {
         ticker.tick().await;
         let mut p = payload();
         p[..8].copy_from_slice(&(origin.elapsed().as_nanos() as u64).to_le_bytes());
+        p[8..16].copy_from_slice(&wall_ms().to_le_bytes());
         acks.push(publisher.send(vec![NewRecord::new(p)]).await.expect("send"));
     }
     for a in acks {

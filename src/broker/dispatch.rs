@@ -253,8 +253,15 @@ impl Dispatcher {
             self.dispatch().await;
             self.dead_letter().await;
             self.commit(false).await;
-            let wait_for_log = self.pending.len() < self.spec.pending_records && self.caught_up();
-            let timer = self.next_timer();
+            let wait_for_log = self.pending.len() < self.spec.pending_records;
+            let mut timer = self.next_timer();
+            if wait_for_log && !self.caught_up() {
+                // The topic says there is more than the last read returned (a record can be
+                // counted a moment before it is readable): look again shortly rather than wait
+                // for the next append, which may never come.
+                let soon = Instant::now() + Duration::from_millis(1);
+                timer = Some(timer.map_or(soon, |t| t.min(soon)));
+            }
             let mut stop = false;
             tokio::select! {
                 biased;
