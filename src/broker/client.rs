@@ -21,7 +21,7 @@ use super::access::Peer;
 use super::hub::{Broker, Start, SubscribeOptions};
 use super::log::{NewRecord, TopicName, PRODUCER_WINDOW};
 use super::proto::broker_client::BrokerClient;
-use super::{proto, service, Delivery};
+use super::{proto, Delivery};
 
 /// A failed client operation.
 #[derive(Debug, thiserror::Error)]
@@ -830,7 +830,7 @@ async fn remote_subscription(
                             delivery_id: d.delivery_id,
                             timestamp_ms: d.timestamp_ms,
                             key: d.key,
-                            headers: service::headers_from_proto(d.headers),
+                            headers: d.headers.into_iter().collect(),
                             payload: d.payload,
                             attempt: d.attempt,
                         };

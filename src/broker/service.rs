@@ -9,7 +9,6 @@
 // would mean unboxing at every handler's return.
 #![allow(clippy::result_large_err)]
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -402,11 +401,4 @@ pub async fn serve(
         .await;
     accept_loop.abort();
     result
-}
-
-/// Headers as the proto carries them.
-pub(crate) fn headers_from_proto(
-    h: std::collections::HashMap<String, Vec<u8>>,
-) -> BTreeMap<String, Vec<u8>> {
-    h.into_iter().collect()
 }

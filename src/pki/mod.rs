@@ -150,24 +150,7 @@ impl Pki {
         let now = time::OffsetDateTime::now_utc();
         params.not_before = now - time::Duration::hours(1);
         params.not_after = now + time::Duration::days(397);
-        let key = KeyPair::generate().map_err(|source| Error::Generate {
-            op: "generate server key",
-            source,
-        })?;
-        let issuer = self
-            .ca_params
-            .clone()
-            .self_signed(&self.ca_key)
-            .map_err(|source| Error::Generate {
-                op: "load CA for signing",
-                source,
-            })?;
-        let cert = params
-            .signed_by(&key, &issuer, &self.ca_key)
-            .map_err(|source| Error::Generate {
-                op: "sign server certificate",
-                source,
-            })?;
+        let (cert, key) = self.sign(params)?;
         Ok(Identity {
             chain: vec![
                 cert.der().clone(),
@@ -189,6 +172,29 @@ pub struct ClientCertificate {
 }
 
 impl Pki {
+    /// Generates a key pair and signs `params` with the CA.
+    fn sign(&self, params: CertificateParams) -> Result<(rcgen::Certificate, KeyPair)> {
+        let key = KeyPair::generate().map_err(|source| Error::Generate {
+            op: "generate the new certificate's key",
+            source,
+        })?;
+        let issuer = self
+            .ca_params
+            .clone()
+            .self_signed(&self.ca_key)
+            .map_err(|source| Error::Generate {
+                op: "load CA for signing",
+                source,
+            })?;
+        let cert = params
+            .signed_by(&key, &issuer, &self.ca_key)
+            .map_err(|source| Error::Generate {
+                op: "sign the new certificate",
+                source,
+            })?;
+        Ok((cert, key))
+    }
+
     /// The CA certificate in DER, for TLS verifiers.
     pub fn ca_der(&self) -> &[u8] {
         &self.ca_der
@@ -228,24 +234,7 @@ impl Pki {
         params.not_before = now - time::Duration::hours(1);
         let not_after = now + time::Duration::days(days);
         params.not_after = not_after;
-        let key = KeyPair::generate().map_err(|source| Error::Generate {
-            op: "generate client key",
-            source,
-        })?;
-        let issuer = self
-            .ca_params
-            .clone()
-            .self_signed(&self.ca_key)
-            .map_err(|source| Error::Generate {
-                op: "load CA for signing",
-                source,
-            })?;
-        let cert = params
-            .signed_by(&key, &issuer, &self.ca_key)
-            .map_err(|source| Error::Generate {
-                op: "sign client certificate",
-                source,
-            })?;
+        let (cert, key) = self.sign(params)?;
         Ok(ClientCertificate {
             serial: hex::encode(serial),
             cert_pem: cert.pem(),
