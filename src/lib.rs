@@ -19,6 +19,7 @@ pub mod orchestrator;
 pub mod pack;
 pub mod pack_sources;
 pub mod pki;
+pub mod providers;
 pub mod registry;
 pub mod secrets;
 pub mod store;
