@@ -71,6 +71,10 @@ pub struct App {
     pub started: Instant,
     /// The OpenAPI document, rendered on first request.
     pub openapi: OnceLock<String>,
+    /// What the orchestrator's reconcilers share (store, bus, endpoints machines use).
+    pub orchestrator: Arc<crate::orchestrator::Context>,
+    /// Per-machine boot media served to BMCs at `/boot-media/{name}`.
+    pub boot_media: Arc<crate::orchestrator::media::BootMedia>,
     /// Wakes the pack-source reconciler (`crate::pack_sources`) to read the sources now.
     pub pack_source_sync: tokio::sync::Notify,
 }
@@ -201,6 +205,27 @@ pub async fn start(config: ServeConfig) -> Result<Appliance, Error> {
         host
     };
     let console_url = format!("https://{host}:{}/", listen.port());
+    let bus = crate::broker::client::Client::local(broker.clone());
+    let appliance_url = format!("https://{host}:{}", listen.port());
+    let boot_media = Arc::new(crate::orchestrator::media::BootMedia::new(
+        dir.root().join("boot-media"),
+        appliance_url.clone(),
+    ));
+    let orchestrator = Arc::new(crate::orchestrator::Context {
+        store: store.clone(),
+        bus: bus.clone(),
+        endpoints: crate::orchestrator::bootstrap::ApplianceEndpoints {
+            url: appliance_url,
+            registry: format!("{host}:{}", listen.port()),
+            broker: format!("{host}:{}", broker_listen.port()),
+            ca_pem: pki.ca_pem().to_string(),
+        },
+        data_dir: dir.root().to_path_buf(),
+        provider_context: crate::providers::Context {
+            media: Some(boot_media.clone()),
+        },
+        resync: std::time::Duration::from_secs(config.resync_interval),
+    });
     let app = Arc::new(App {
         ca_fingerprint: pki.ca_fingerprint(),
         ca_pem: pki.ca_pem().to_string(),
@@ -211,8 +236,10 @@ pub async fn start(config: ServeConfig) -> Result<Appliance, Error> {
         lists: Default::default(),
         console: crate::console::Console::default(),
         registry,
-        bus: crate::broker::client::Client::local(broker.clone()),
+        bus,
         broker,
+        orchestrator,
+        boot_media,
         broker_peers,
         pki,
         started: Instant::now(),
@@ -282,6 +309,7 @@ impl Appliance {
                 }
             }
         });
+        crate::orchestrator::spawn(self.app.orchestrator.clone());
         let stopper = handle.clone();
         let (stop_broker, broker_stopped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {

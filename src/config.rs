@@ -55,6 +55,11 @@ pub struct ServeConfig {
     #[arg(long, env = "PALISADE_PUBLIC_HOST")]
     pub public_host: Option<String>,
 
+    /// Seconds between two full passes of the orchestrator over every cluster (a machine
+    /// deleted behind the appliance's back is noticed within this time).
+    #[arg(long, env = "PALISADE_RESYNC_INTERVAL", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub resync_interval: u64,
+
     /// Log format on standard error.
     #[arg(long, env = "PALISADE_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,

@@ -15,7 +15,8 @@ use super::extract::{ApiJson, ApiQuery, Auth, Created, IfMatch, Tagged};
 use super::tenancy::{editable, editable_project, readable};
 use super::{list_cache, AppState};
 use crate::model::{
-    page_limit, CloudAccount, NewCloudAccount, Page, Principal, UpdateCloudAccount,
+    page_limit, AccountCheckResult, CloudAccount, NewCloudAccount, Page, Principal,
+    UpdateCloudAccount,
 };
 
 /// Routes of this module.
@@ -27,6 +28,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
             update_cloud_account,
             delete_cloud_account
         ))
+        .routes(routes!(validate_cloud_account, get_validation))
 }
 
 /// Query of `GET /v1/cloud-accounts`.
@@ -129,4 +131,41 @@ async fn delete_cloud_account(
     editable(&p, app.store.cloud_account(&id).await, "cloud account")?;
     app.store.delete_cloud_account(&id, v).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Check the account against its infrastructure (credentials, reachability, permissions, that
+/// every placement setting names something that exists) and gather the placement choices.
+/// Runs in the background: poll `GET .../validation` until `state` is not `pending`.
+#[utoipa::path(post, path = "/v1/cloud-accounts/{id}/validate", tag = "cloud-accounts", params(("id" = String, Path)),
+    responses((status = 202, body = AccountCheckResult), (status = 403, body = Problem), (status = 404, body = Problem)))]
+async fn validate_cloud_account(
+    State(app): State<AppState>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, axum::Json<AccountCheckResult>), ApiError> {
+    editable(&p, app.store.cloud_account(&id).await, "cloud account")?;
+    let check = app.store.request_account_check(&id).await?;
+    crate::orchestrator::request_account_check(&app.bus, &id).await;
+    Ok((StatusCode::ACCEPTED, axum::Json(check)))
+}
+
+/// The result of the account's last check, with the placement choices it found.
+#[utoipa::path(get, path = "/v1/cloud-accounts/{id}/validation", tag = "cloud-accounts", params(("id" = String, Path)),
+    responses((status = 200, body = AccountCheckResult), (status = 404, body = Problem)))]
+async fn get_validation(
+    State(app): State<AppState>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+) -> Result<axum::Json<AccountCheckResult>, ApiError> {
+    readable(&p, app.store.cloud_account(&id).await, "cloud account")?;
+    app.store
+        .account_check(&id)
+        .await?
+        .map(axum::Json)
+        .ok_or_else(|| {
+            ApiError::Missing(
+                "this account has not been checked yet: POST /v1/cloud-accounts/{id}/validate"
+                    .into(),
+            )
+        })
 }

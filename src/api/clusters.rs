@@ -5,6 +5,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::http::Uri;
 use axum::response::Response;
+use axum::Json;
 use serde::Deserialize;
 use utoipa::IntoParams;
 use utoipa_axum::router::OpenApiRouter;
@@ -14,7 +15,9 @@ use super::error::{ApiError, Problem};
 use super::extract::{ApiJson, ApiQuery, Auth, Created, IfMatch, Tagged};
 use super::tenancy::{editable, editable_project, readable};
 use super::{list_cache, AppState};
-use crate::model::{page_limit, Cluster, NewCluster, Page, Principal, UpdateCluster};
+use crate::model::{
+    page_limit, Cluster, MachineRecord, NewCluster, Page, Principal, UpdateCluster,
+};
 use crate::orchestrator::desired;
 use crate::store::ClusterFilter;
 
@@ -23,6 +26,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_clusters, create_cluster))
         .routes(routes!(get_cluster, update_cluster, delete_cluster))
+        .routes(routes!(list_machines))
 }
 
 /// Query of `GET /v1/clusters`.
@@ -123,17 +127,31 @@ async fn update_cluster(
     Ok(Tagged(c.version, c))
 }
 
-/// Delete a cluster.
+/// Delete a cluster: it turns `Deleting` at once; the orchestrator removes every machine it
+/// created, then the cluster (it disappears from the API when that is done).
 #[utoipa::path(delete, path = "/v1/clusters/{id}", tag = "clusters", params(("id" = String, Path), ("If-Match" = Option<String>, Header)),
-    responses((status = 204), (status = 403, body = Problem), (status = 404, body = Problem), (status = 412, body = Problem)))]
+    responses((status = 202, body = Cluster), (status = 403, body = Problem), (status = 404, body = Problem), (status = 412, body = Problem)))]
 async fn delete_cluster(
     State(app): State<AppState>,
     Auth(p): Auth,
     Path(id): Path<String>,
     IfMatch(v): IfMatch,
-) -> Result<StatusCode, ApiError> {
-    let c = editable(&p, app.store.cluster(&id).await, "cluster")?;
-    app.store.delete_cluster(&id, v).await?;
-    desired::publish_deleted(&app.bus, &id, c.version).await;
-    Ok(StatusCode::NO_CONTENT)
+) -> Result<(StatusCode, Json<Cluster>), ApiError> {
+    editable(&p, app.store.cluster(&id).await, "cluster")?;
+    let c = app.store.delete_cluster(&id, v).await?;
+    desired::publish(&app.bus, &app.store, &c).await;
+    Ok((StatusCode::ACCEPTED, Json(c)))
+}
+
+/// The machines of a cluster: what the orchestrator asked the infrastructure for and what it
+/// reports (phase, provider id, addresses).
+#[utoipa::path(get, path = "/v1/clusters/{id}/machines", tag = "clusters", params(("id" = String, Path)),
+    responses((status = 200, body = Vec<MachineRecord>), (status = 404, body = Problem)))]
+async fn list_machines(
+    State(app): State<AppState>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<MachineRecord>>, ApiError> {
+    readable(&p, app.store.cluster(&id).await, "cluster")?;
+    Ok(Json(app.store.machines(&id).await?))
 }

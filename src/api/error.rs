@@ -52,6 +52,9 @@ pub enum ApiError {
     Forbidden(String),
     #[error("{kind} not found")]
     NotFound { kind: &'static str },
+    /// Not found, with a message that says what to do.
+    #[error("{0}")]
+    Missing(String),
     #[error("no such route: see /v1/openapi.json for the API")]
     NoRoute,
     #[error("this route does not take that method: see /v1/openapi.json for the methods it takes")]
@@ -102,7 +105,9 @@ impl ApiError {
                 "Account locked",
             ),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
-            ApiError::NotFound { .. } => (StatusCode::NOT_FOUND, "not-found", "Not found"),
+            ApiError::NotFound { .. } | ApiError::Missing(_) => {
+                (StatusCode::NOT_FOUND, "not-found", "Not found")
+            }
             ApiError::NoRoute => (StatusCode::NOT_FOUND, "no-such-route", "No such route"),
             ApiError::MethodNotAllowed => (
                 StatusCode::METHOD_NOT_ALLOWED,

@@ -18,6 +18,7 @@ pub mod bundles;
 pub mod catalog;
 pub mod cloud_accounts;
 pub mod clusters;
+pub mod downloads;
 pub mod identity;
 pub mod pack_sources;
 pub mod profiles;
@@ -103,6 +104,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .merge(broker::routes())
         .merge(bundle_keys::routes())
         .merge(bundles::routes())
+        .merge(downloads::routes())
 }
 
 /// The OpenAPI document of the API.
@@ -117,6 +119,7 @@ pub fn router(app: AppState) -> Router {
     api.merge(crate::console::router())
         // The OCI distribution API; not part of the OpenAPI document.
         .merge(crate::registry::router())
+        .merge(downloads::media_router())
         .fallback(system::no_route)
         .method_not_allowed_fallback(system::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(

@@ -7,6 +7,7 @@
 mod access;
 mod cluster;
 mod identity;
+mod machine;
 mod pack_source;
 mod profile;
 mod pull_credential;
@@ -15,6 +16,7 @@ mod validate;
 pub use access::*;
 pub use cluster::*;
 pub use identity::*;
+pub use machine::*;
 pub use pack_source::*;
 pub use profile::*;
 pub use pull_credential::*;

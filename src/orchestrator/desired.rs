@@ -55,7 +55,9 @@ pub async fn publish(bus: &Client, store: &Store, cluster: &Cluster) {
         kind: "cluster-desired-state",
         cluster_id: &cluster.id,
         version: cluster.version,
-        deleted: false,
+        // Deletion is requested: the agent tears down what it applied while the
+        // orchestrator removes the machines.
+        deleted: cluster.status == crate::model::ClusterStatus::Deleting,
         cluster: Some(cluster),
         profile: profile.as_ref(),
     };

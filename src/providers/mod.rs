@@ -85,6 +85,15 @@ pub fn connect(account: &Account, ctx: &Context) -> Result<Box<dyn Provider>, Pr
     }
 }
 
+/// The disk format an infrastructure boots machines from: what the OS layer must provide.
+pub fn image_format(kind: CloudKind) -> ImageFormat {
+    match kind {
+        CloudKind::Vsphere => ImageFormat::Ova,
+        CloudKind::Openstack => ImageFormat::Qcow2,
+        CloudKind::Baremetal => ImageFormat::Iso,
+    }
+}
+
 /// The operations every infrastructure offers. Every method is idempotent; the orchestrator
 /// retries after crashes and transient errors.
 #[async_trait::async_trait]
@@ -156,6 +165,9 @@ pub enum ImageLocation {
     File(PathBuf),
     /// An HTTPS URL (the appliance's registry seen from a gateway or a BMC).
     Url { url: String, ca_pem: String },
+    /// Nowhere to upload from: the image must already exist on the infrastructure under its
+    /// name (a template or Glance image the site prepared); NotFound otherwise.
+    Existing,
 }
 
 /// An OS image a cluster's machines boot from.
@@ -288,6 +300,20 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// The serialized name (`credentials`, `not-found`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Credentials => "credentials",
+            ErrorKind::Permission => "permission",
+            ErrorKind::Unreachable => "unreachable",
+            ErrorKind::NotFound => "not-found",
+            ErrorKind::Invalid => "invalid",
+            ErrorKind::Capacity => "capacity",
+            ErrorKind::Transient => "transient",
+            ErrorKind::Protocol => "protocol",
+        }
+    }
+
     /// Whether retrying the same call later may succeed without anyone changing anything.
     pub fn is_transient(self) -> bool {
         matches!(self, ErrorKind::Unreachable | ErrorKind::Transient)

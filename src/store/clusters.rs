@@ -192,6 +192,15 @@ impl Store {
         let id = id.to_string();
         self.write(move |tx, _| {
             let version = bump_version(tx, "clusters", &id, expected)?;
+            let deleting: bool = tx
+                .query_row("SELECT deleting FROM clusters WHERE id = ?", [&id], |r| r.get::<_, i64>(0))
+                .map_err(Error::sql("read cluster"))?
+                != 0;
+            if deleting {
+                return Err(Error::Conflict(
+                    "the cluster is being deleted: its spec can no longer change".into(),
+                ));
+            }
             let current = tx
                 .query_row(&format!("{COLUMNS} WHERE id = ?"), [&id], row)
                 .map_err(Error::sql("read cluster"))?;
@@ -210,30 +219,37 @@ impl Store {
         .await
     }
 
-    /// Delete a cluster record. (Tear-down of machines belongs to the orchestrator.)
-    pub async fn delete_cluster(&self, id: &str, expected: Option<i64>) -> Result<()> {
+    /// Ask for a cluster to be deleted: it turns `Deleting`, and the orchestrator removes its
+    /// machines and then the record ([`Store::finish_cluster_deletion`]).
+    pub async fn delete_cluster(&self, id: &str, expected: Option<i64>) -> Result<Cluster> {
         let id = id.to_string();
         self.write(move |tx, _| {
-            bump_version(tx, "clusters", &id, expected)?;
-            let (tenant, project, name): (String, String, String) = tx
+            let version = bump_version(tx, "clusters", &id, expected)?;
+            let (tenant, project, name, deleting): (String, String, String, bool) = tx
                 .query_row(
-                    "SELECT tenant_id, project_id, name FROM clusters WHERE id = ?",
+                    "SELECT tenant_id, project_id, name, deleting FROM clusters WHERE id = ?",
                     [&id],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get::<_, i64>(3)? != 0)),
                 )
                 .map_err(Error::sql("read cluster"))?;
-            tx.execute("DELETE FROM clusters WHERE id = ?", [&id])
+            if !deleting {
+                tx.execute(
+                    "UPDATE clusters SET deleting = 1, status = 'Deleting', version = ?, updated_at = ? WHERE id = ?",
+                    params![version, to_millis(now()), id],
+                )
                 .map_err(Error::sql("delete cluster"))?;
-            insert_event_tx(
-                tx,
-                "cluster",
-                &id,
-                Some(&tenant),
-                Some(&project),
-                Severity::Info,
-                &format!("cluster {name} deleted"),
-            )?;
-            Ok(())
+                insert_event_tx(
+                    tx,
+                    "cluster",
+                    &id,
+                    Some(&tenant),
+                    Some(&project),
+                    Severity::Info,
+                    &format!("deletion of cluster {name} requested: its machines are being removed"),
+                )?;
+            }
+            tx.query_row(&format!("{COLUMNS} WHERE id = ?"), [&id], row)
+                .map_err(Error::sql("read cluster"))
         })
         .await
     }

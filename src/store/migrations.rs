@@ -347,6 +347,45 @@ CREATE TABLE bundle_artifacts (
 );
 CREATE INDEX bundle_artifacts_digest ON bundle_artifacts(digest);
 "#,
+    // 8: provisioning. Machines the orchestrator made, the result of checking cloud accounts,
+    // per-cluster bootstrap secrets (sealed), and deletion as a phase of the cluster.
+    r#"
+CREATE TABLE machines (
+    cluster_id TEXT NOT NULL REFERENCES clusters(id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    pool TEXT NOT NULL,
+    ordinal INTEGER NOT NULL,
+    role TEXT NOT NULL,
+    provider_id TEXT,
+    phase TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT '',
+    addresses TEXT NOT NULL DEFAULT '[]',
+    static_ip TEXT,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (cluster_id, name)
+);
+CREATE TABLE cloud_account_checks (
+    account_id TEXT PRIMARY KEY REFERENCES cloud_accounts(id) ON DELETE CASCADE,
+    state TEXT NOT NULL,
+    endpoint_product TEXT NOT NULL DEFAULT '',
+    checks TEXT NOT NULL DEFAULT '[]',
+    error TEXT NOT NULL DEFAULT '',
+    error_kind TEXT NOT NULL DEFAULT '',
+    placements TEXT NOT NULL DEFAULT '[]',
+    requested_at INTEGER NOT NULL,
+    finished_at INTEGER
+);
+CREATE TABLE cluster_secrets (
+    cluster_id TEXT PRIMARY KEY REFERENCES clusters(id) ON DELETE CASCADE,
+    sealed BLOB NOT NULL,
+    created_at INTEGER NOT NULL
+);
+ALTER TABLE clusters ADD COLUMN deleting INTEGER NOT NULL DEFAULT 0;
+-- The spec version and account version at which the orchestrator gave up (permanent error):
+-- it tries again only when one of them changes.
+ALTER TABLE clusters ADD COLUMN failed_at_version TEXT;
+"#,
 ];
 
 /// The schema version this executable writes.

@@ -15,6 +15,7 @@ mod cloud_accounts;
 mod clusters;
 mod error;
 mod events;
+mod machines;
 mod migrations;
 mod pack_sources;
 mod profiles;
@@ -30,6 +31,7 @@ pub use broker_certs::BrokerCertificate;
 pub use bundles::{BundleImport, ImportArtifact, ImportRepository, ImportedBundle, TrustedKey};
 pub use clusters::ClusterFilter;
 pub use error::{Error, Found, Result};
+pub use machines::{ClusterProgress, MachineUpdate, NewMachine};
 pub use migrations::SCHEMA_VERSION;
 pub use registry::{
     BlobReference, CollectedRows, DeleteManifest, NewManifest, PutManifest, Referrer,

@@ -233,6 +233,8 @@ use E::{Bad, Is, Listed, NoRoute, Unlisted};
 const OK: E = Is(200);
 const CREATED: E = Is(201);
 const DELETED: E = Is(204);
+/// Deletion accepted: the orchestrator finishes it (clusters).
+const DELETING: E = Is(202);
 const FORBIDDEN: E = Is(403);
 const MISSING: E = Is(404);
 const NO_METHOD: E = Is(405);
@@ -321,7 +323,7 @@ const MATRIX: &[(Res, Op, [E; 5])] = &[
     (Res::Clusters,      Op::Get,    [OK,         OK,          OK,            OK,            MISSING]),
     (Res::Clusters,      Op::Create, [CREATED,    CREATED,     CREATED,       FORBIDDEN,     Bad("project_id")]),
     (Res::Clusters,      Op::Update, [OK,         OK,          OK,            FORBIDDEN,     MISSING]),
-    (Res::Clusters,      Op::Delete, [DELETED,    DELETED,     DELETED,       FORBIDDEN,     MISSING]),
+    (Res::Clusters,      Op::Delete, [DELETING,   DELETING,    DELETING,      FORBIDDEN,     MISSING]),
 
     // Read-only: events of P's objects, the pack catalogue, the audit log, metrics.
     (Res::Events,        Op::List,   [Listed,     Listed,      Listed,        Listed,        Unlisted]),
