@@ -6,6 +6,7 @@ mod admin_cli;
 mod api_errors;
 mod auth;
 mod backup;
+mod bootstrap;
 mod broker;
 mod browser;
 mod bundle;
