@@ -113,10 +113,21 @@ async fn update_cloud_account(
     IfMatch(v): IfMatch,
     ApiJson(u): ApiJson<UpdateCloudAccount>,
 ) -> Result<Tagged<CloudAccount>, ApiError> {
-    editable(&p, app.store.cloud_account(&id).await, "cloud account")?;
-    u.validate()?;
-    let a = app.store.update_cloud_account(&id, v, u).await?;
+    let a = change_cloud_account(&app, &p, &id, v, u).await?;
     Ok(Tagged(a.version, a))
+}
+
+/// Change a cloud account as a caller who edits it.
+pub async fn change_cloud_account(
+    app: &AppState,
+    p: &Principal,
+    id: &str,
+    expected: Option<i64>,
+    u: UpdateCloudAccount,
+) -> Result<CloudAccount, ApiError> {
+    editable(p, app.store.cloud_account(id).await, "cloud account")?;
+    u.validate()?;
+    Ok(app.store.update_cloud_account(id, expected, u).await?)
 }
 
 /// Delete a cloud account no cluster uses.
@@ -143,10 +154,20 @@ async fn validate_cloud_account(
     Auth(p): Auth,
     Path(id): Path<String>,
 ) -> Result<(StatusCode, axum::Json<AccountCheckResult>), ApiError> {
-    editable(&p, app.store.cloud_account(&id).await, "cloud account")?;
-    let check = app.store.request_account_check(&id).await?;
-    crate::orchestrator::request_account_check(&app.bus, &id).await;
+    let check = check_account(&app, &p, &id).await?;
     Ok((StatusCode::ACCEPTED, axum::Json(check)))
+}
+
+/// Ask the orchestrator to check an account, as a caller who edits it.
+pub async fn check_account(
+    app: &AppState,
+    p: &Principal,
+    id: &str,
+) -> Result<AccountCheckResult, ApiError> {
+    editable(p, app.store.cloud_account(id).await, "cloud account")?;
+    let check = app.store.request_account_check(id).await?;
+    crate::orchestrator::request_account_check(&app.bus, id).await;
+    Ok(check)
 }
 
 /// The result of the account's last check, with the placement choices it found.

@@ -56,6 +56,34 @@ pub async fn add_cluster(
     Ok(cluster)
 }
 
+/// Change a cluster's spec (scale, profile revision, drift policy) as a caller who edits it.
+pub async fn change_cluster(
+    app: &AppState,
+    p: &Principal,
+    id: &str,
+    expected: Option<i64>,
+    u: UpdateCluster,
+) -> Result<Cluster, ApiError> {
+    editable(p, app.store.cluster(id).await, "cluster")?;
+    u.validate()?;
+    let c = app.store.update_cluster(id, expected, u).await?;
+    desired::publish(&app.bus, &app.store, &c).await;
+    Ok(c)
+}
+
+/// Ask for a cluster's deletion as a caller who edits it; the orchestrator finishes it.
+pub async fn remove_cluster(
+    app: &AppState,
+    p: &Principal,
+    id: &str,
+    expected: Option<i64>,
+) -> Result<Cluster, ApiError> {
+    editable(p, app.store.cluster(id).await, "cluster")?;
+    let c = app.store.delete_cluster(id, expected).await?;
+    desired::publish(&app.bus, &app.store, &c).await;
+    Ok(c)
+}
+
 /// List clusters the caller can see.
 #[utoipa::path(get, path = "/v1/clusters", tag = "clusters", params(ClusterQuery),
     responses((status = 200, body = Page<Cluster>), (status = 401, body = Problem)))]
@@ -120,10 +148,7 @@ async fn update_cluster(
     IfMatch(v): IfMatch,
     ApiJson(u): ApiJson<UpdateCluster>,
 ) -> Result<Tagged<Cluster>, ApiError> {
-    editable(&p, app.store.cluster(&id).await, "cluster")?;
-    u.validate()?;
-    let c = app.store.update_cluster(&id, v, u).await?;
-    desired::publish(&app.bus, &app.store, &c).await;
+    let c = change_cluster(&app, &p, &id, v, u).await?;
     Ok(Tagged(c.version, c))
 }
 
@@ -137,9 +162,7 @@ async fn delete_cluster(
     Path(id): Path<String>,
     IfMatch(v): IfMatch,
 ) -> Result<(StatusCode, Json<Cluster>), ApiError> {
-    editable(&p, app.store.cluster(&id).await, "cluster")?;
-    let c = app.store.delete_cluster(&id, v).await?;
-    desired::publish(&app.bus, &app.store, &c).await;
+    let c = remove_cluster(&app, &p, &id, v).await?;
     Ok((StatusCode::ACCEPTED, Json(c)))
 }
 

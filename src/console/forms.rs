@@ -5,6 +5,8 @@ use axum::extract::{Path, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Form;
+use std::collections::{BTreeMap, HashMap};
+
 use serde::Deserialize;
 
 use super::{back, outcome, pages, CsrfField, Flash, Posted};
@@ -12,8 +14,9 @@ use crate::api::error::ApiError;
 use crate::api::middleware::AuditActor;
 use crate::api::{self, AppState};
 use crate::model::{
-    CloudKind, Credentials, Layer, LayerType, NewApiToken, NewCloudAccount, NewProfile, NewProject,
-    NewTenant, NewUser,
+    CloudKind, Credentials, DriftPolicy, Layer, LayerType, MachineSize, NewApiToken,
+    NewCloudAccount, NewCluster, NewProfile, NewProject, NewTenant, NewUser, NodePool, NodeRole,
+    UpdateCloudAccount, UpdateCluster,
 };
 
 macro_rules! csrf_form {
@@ -25,6 +28,8 @@ macro_rules! csrf_form {
 }
 csrf_form!(
     CsrfOnly,
+    VersionForm,
+    ClusterForm,
     TenantForm,
     ProjectForm,
     UserForm,
@@ -261,6 +266,27 @@ pub(super) struct AccountForm {
     password: String,
     #[serde(default)]
     ca_bundle: String,
+    #[serde(default)]
+    placement: String,
+}
+
+/// Parse `key = value` lines (blank lines and `#` comments skipped).
+fn placement_lines(text: &str) -> Result<BTreeMap<String, String>, String> {
+    let mut out = BTreeMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let Some((k, v)) = line.split_once('=') else {
+            return Err(format!(
+                "placement line {}: {line:?} is not `key = value`",
+                i + 1
+            ));
+        };
+        out.insert(k.trim().to_string(), v.trim().to_string());
+    }
+    Ok(out)
 }
 
 pub(super) async fn cloud_account(
@@ -274,6 +300,10 @@ pub(super) async fn cloud_account(
             "kind: choose vsphere, openstack or baremetal",
         );
     };
+    let placement = match placement_lines(&f.placement) {
+        Ok(p) => p,
+        Err(e) => return back("/cloud-accounts", "error", &e),
+    };
     let new = NewCloudAccount {
         project_id: f.project_id,
         name: f.name,
@@ -285,7 +315,7 @@ pub(super) async fn cloud_account(
             ..Default::default()
         },
         ca_bundle: f.ca_bundle,
-        placement: Default::default(),
+        placement,
     };
     let result = api::cloud_accounts::add_cloud_account(&app, &s.principal, new).await;
     outcome("/cloud-accounts", result, |a| {
@@ -361,4 +391,188 @@ mod tests {
             .expect_err("type")
             .contains("line 2"));
     }
+}
+
+/// A form that names the version it was rendered from, plus free fields (pickers, counts).
+#[derive(Deserialize)]
+pub(super) struct VersionForm {
+    #[serde(rename = "_csrf", default)]
+    csrf: String,
+    /// A string: numbers do not survive `serde(flatten)` with form encoding.
+    version: String,
+    #[serde(flatten)]
+    fields: HashMap<String, String>,
+}
+
+impl VersionForm {
+    /// The version the page showed, for If-Match semantics.
+    fn expected(&self) -> Option<i64> {
+        self.version.trim().parse().ok()
+    }
+}
+
+/// Ask the orchestrator to check a cloud account.
+pub(super) async fn validate_account(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    Posted(s, _): Posted<CsrfOnly>,
+) -> Response {
+    let page = format!("/cloud-accounts/{id}");
+    let result = api::cloud_accounts::check_account(&app, &s.principal, &id).await;
+    outcome(&page, result, |_| "Check started.".to_string())
+}
+
+/// Save the placement pickers and the other settings of a cloud account.
+pub(super) async fn account_placement(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    Posted(s, f): Posted<VersionForm>,
+) -> Response {
+    let page = format!("/cloud-accounts/{id}");
+    let mut placement = match placement_lines(f.fields.get("other").map_or("", String::as_str)) {
+        Ok(p) => p,
+        Err(e) => return back(&page, "error", &e),
+    };
+    for (k, v) in &f.fields {
+        if let Some(key) = k.strip_prefix("pick_") {
+            if !v.is_empty() {
+                placement.insert(key.to_string(), v.clone());
+            }
+        }
+    }
+    let result = async {
+        let account = app.store.cloud_account(&id).await?;
+        let update = UpdateCloudAccount {
+            endpoint: account.endpoint,
+            credentials: None,
+            ca_bundle: account.ca_bundle,
+            placement,
+        };
+        api::cloud_accounts::change_cloud_account(&app, &s.principal, &id, f.expected(), update)
+            .await
+    }
+    .await;
+    outcome(&page, result, |_| "Placement saved.".to_string())
+}
+
+#[derive(Deserialize)]
+pub(super) struct ClusterForm {
+    #[serde(rename = "_csrf", default)]
+    csrf: String,
+    project_id: String,
+    name: String,
+    profile_id: String,
+    cloud_account_id: String,
+    cp_count: u32,
+    cp_cpus: u32,
+    cp_memory_mib: u32,
+    cp_disk_gib: u32,
+    worker_count: u32,
+    worker_cpus: u32,
+    worker_memory_mib: u32,
+    worker_disk_gib: u32,
+    drift_policy: String,
+}
+
+/// Create a cluster of one control-plane pool and one worker pool.
+pub(super) async fn cluster(
+    State(app): State<AppState>,
+    Posted(s, f): Posted<ClusterForm>,
+) -> Response {
+    let Some(drift_policy) = DriftPolicy::parse(&f.drift_policy) else {
+        return back(
+            "/clusters",
+            "error",
+            "drift policy: choose alert or reconcile",
+        );
+    };
+    let mut node_pools = vec![NodePool {
+        name: "control-plane".into(),
+        role: NodeRole::ControlPlane,
+        count: f.cp_count,
+        size: MachineSize {
+            cpus: f.cp_cpus,
+            memory_mib: f.cp_memory_mib,
+            disk_gib: f.cp_disk_gib,
+        },
+    }];
+    if f.worker_count > 0 {
+        node_pools.push(NodePool {
+            name: "workers".into(),
+            role: NodeRole::Worker,
+            count: f.worker_count,
+            size: MachineSize {
+                cpus: f.worker_cpus,
+                memory_mib: f.worker_memory_mib,
+                disk_gib: f.worker_disk_gib,
+            },
+        });
+    }
+    let new = NewCluster {
+        project_id: f.project_id,
+        name: f.name,
+        profile_id: f.profile_id,
+        profile_revision: None,
+        cloud_account_id: f.cloud_account_id,
+        node_pools,
+        drift_policy,
+    };
+    match api::clusters::add_cluster(&app, &s.principal, new).await {
+        Ok(c) => back(
+            &format!("/clusters/{}", c.id),
+            "notice",
+            &format!("Cluster {} created: provisioning starts.", c.name),
+        ),
+        Err(e @ ApiError::Internal(_)) => e.into_response(),
+        Err(e) => back("/clusters", "error", &e.to_string()),
+    }
+}
+
+/// Change the machine count of each pool.
+pub(super) async fn scale_cluster(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    Posted(s, f): Posted<VersionForm>,
+) -> Response {
+    let page = format!("/clusters/{id}");
+    let result = async {
+        let c = app.store.cluster(&id).await?;
+        let mut pools = c.node_pools.clone();
+        for p in &mut pools {
+            if let Some(v) = f.fields.get(&format!("count_{}", p.name)) {
+                p.count = v.trim().parse().map_err(|_| {
+                    ApiError::Invalid(crate::model::Invalid::new(
+                        format!("count of pool {}", p.name),
+                        "give a whole number of machines",
+                    ))
+                })?;
+            }
+        }
+        let update = UpdateCluster {
+            profile_revision: c.profile_revision,
+            node_pools: pools,
+            drift_policy: c.drift_policy,
+        };
+        api::clusters::change_cluster(&app, &s.principal, &id, f.expected(), update).await
+    }
+    .await;
+    outcome(&page, result, |c| {
+        format!("Cluster {} is being scaled.", c.name)
+    })
+}
+
+/// Delete a cluster (the form requires a confirmation checkbox).
+pub(super) async fn delete_cluster(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    Posted(s, f): Posted<VersionForm>,
+) -> Response {
+    let page = format!("/clusters/{id}");
+    if f.fields.get("confirm").map(String::as_str) != Some("yes") {
+        return back(&page, "error", "tick the box to confirm the deletion");
+    }
+    let result = api::clusters::remove_cluster(&app, &s.principal, &id, f.expected()).await;
+    outcome(&page, result, |c| {
+        format!("Cluster {} is being deleted.", c.name)
+    })
 }

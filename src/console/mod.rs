@@ -81,7 +81,19 @@ pub fn router() -> Router<AppState> {
             get(pages::cloud_accounts).post(forms::cloud_account),
         )
         .route("/profiles", get(pages::profiles).post(forms::profile))
-        .route("/clusters", get(pages::clusters))
+        .route("/cloud-accounts/{id}", get(pages::cloud_account))
+        .route(
+            "/cloud-accounts/{id}/validate",
+            post(forms::validate_account),
+        )
+        .route(
+            "/cloud-accounts/{id}/placement",
+            post(forms::account_placement),
+        )
+        .route("/clusters", get(pages::clusters).post(forms::cluster))
+        .route("/clusters/{id}", get(pages::cluster))
+        .route("/clusters/{id}/scale", post(forms::scale_cluster))
+        .route("/clusters/{id}/delete", post(forms::delete_cluster))
         .route("/packs", get(pages::packs))
         .route("/bundles", get(pages::bundles))
         .route("/audit", get(pages::audit))

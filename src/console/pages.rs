@@ -2,15 +2,16 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Redirect, Response};
 use minijinja::context;
 use serde::Deserialize;
 
 use super::{back, render, Flash, Page, Session};
 use crate::api::error::ApiError;
+use crate::api::tenancy::readable;
 use crate::api::AppState;
-use crate::model::{Principal, Project, Tenant, Visibility, MAX_PAGE};
+use crate::model::{ClusterStatus, Principal, Project, Tenant, Visibility, MAX_PAGE};
 
 /// Bytes the Bundles page sends per `PATCH`: a dropped connection costs at most this much
 /// again, and each request is large enough that its overhead does not matter.
@@ -231,6 +232,12 @@ pub(super) async fn cloud_accounts(
         .store
         .list_cloud_accounts(p.project_visibility(), None, None, None, MAX_PAGE)
         .await?;
+    let mut checks = BTreeMap::new();
+    for a in &accounts.items {
+        if let Some(c) = app.store.account_check(&a.id).await? {
+            checks.insert(a.id.clone(), c);
+        }
+    }
     let (projects, project_names) = project_names(&app, p).await?;
     render(
         &app,
@@ -240,7 +247,42 @@ pub(super) async fn cloud_accounts(
         Some(&s),
         &flash,
         context! {
-            accounts => accounts.items, projects => editable_projects(p, projects), project_names,
+            accounts => accounts.items, checks, projects => editable_projects(p, projects), project_names,
+        },
+    )
+}
+
+/// One cloud account: its last check and the placement pickers filled from it.
+pub(super) async fn cloud_account(
+    State(app): State<AppState>,
+    Page(s): Page,
+    Path(id): Path<String>,
+    Query(flash): Query<Flash>,
+) -> Result<Response, ApiError> {
+    let p = &s.principal;
+    let account = readable(p, app.store.cloud_account(&id).await, "cloud account")?;
+    let check = app.store.account_check(&id).await?;
+    let mut choices: BTreeMap<String, Vec<crate::model::PlacementOption>> = BTreeMap::new();
+    for o in check.iter().flat_map(|c| c.placements.iter()) {
+        choices.entry(o.key.clone()).or_default().push(o.clone());
+    }
+    let other: BTreeMap<&String, &String> = account
+        .placement
+        .iter()
+        .filter(|(k, _)| !choices.contains_key(*k))
+        .collect();
+    let (_, project_names) = project_names(&app, p).await?;
+    render(
+        &app,
+        "cloud_account.html",
+        &format!("Cloud account {}", account.name),
+        "/cloud-accounts",
+        Some(&s),
+        &flash,
+        context! {
+            project_name => project_names.get(&account.project_id),
+            editable => p.edits_project(&account.tenant_id, &account.project_id),
+            account, check, choices, other,
         },
     )
 }
@@ -279,7 +321,21 @@ pub(super) async fn clusters(
         .store
         .list_clusters(p.project_visibility(), Default::default(), None, MAX_PAGE)
         .await?;
-    let (_, project_names) = project_names(&app, p).await?;
+    let (projects, project_names) = project_names(&app, p).await?;
+    let profiles = app
+        .store
+        .list_profiles(p.project_visibility(), None, None, None, MAX_PAGE)
+        .await?
+        .items;
+    let accounts = app
+        .store
+        .list_cloud_accounts(p.project_visibility(), None, None, None, MAX_PAGE)
+        .await?
+        .items;
+    let busy = clusters
+        .items
+        .iter()
+        .any(|c| !matches!(c.status, ClusterStatus::Running | ClusterStatus::Failed));
     render(
         &app,
         "clusters.html",
@@ -287,7 +343,58 @@ pub(super) async fn clusters(
         "/clusters",
         Some(&s),
         &flash,
-        context! { clusters => clusters.items, project_names },
+        context! {
+            clusters => clusters.items, project_names, busy, profiles, accounts,
+            projects => editable_projects(p, projects),
+        },
+    )
+}
+
+/// Events shown on a detail page: the newest, newest first.
+const DETAIL_EVENTS: usize = 100;
+
+/// One cluster: status, conditions, machines, events, and the scale and delete forms.
+pub(super) async fn cluster(
+    State(app): State<AppState>,
+    Page(s): Page,
+    Path(id): Path<String>,
+    Query(flash): Query<Flash>,
+) -> Result<Response, ApiError> {
+    let p = &s.principal;
+    let cluster = readable(p, app.store.cluster(&id).await, "cluster")?;
+    let machines = app.store.machines(&id).await?;
+    let mut events = app
+        .store
+        .list_events(p.project_visibility(), Some(id.clone()), None, MAX_PAGE)
+        .await?
+        .items;
+    events.reverse();
+    events.truncate(DETAIL_EVENTS);
+    let (_, project_names) = project_names(&app, p).await?;
+    let profile_name = app
+        .store
+        .profile(&cluster.profile_id)
+        .await
+        .map(|x| x.name)
+        .unwrap_or_default();
+    let account_name = app
+        .store
+        .cloud_account(&cluster.cloud_account_id)
+        .await
+        .map(|x| x.name)
+        .unwrap_or_default();
+    render(
+        &app,
+        "cluster.html",
+        &format!("Cluster {}", cluster.name),
+        "/clusters",
+        Some(&s),
+        &flash,
+        context! {
+            project_name => project_names.get(&cluster.project_id),
+            editable => p.edits_project(&cluster.tenant_id, &cluster.project_id),
+            cluster, machines, events, profile_name, account_name,
+        },
     )
 }
 
