@@ -821,21 +821,29 @@ async fn remote_subscription(
         loop {
             tokio::select! {
                 m = stream.message() => match m {
-                    Ok(Some(proto::SubscribeResponse { kind: Some(proto::subscribe_response::Kind::Delivery(d)) })) => {
-                        let Ok(topic) = TopicName::new(d.topic) else { continue };
-                        resume = Some(d.offset + 1);
-                        let d = Delivery {
-                            topic,
-                            offset: d.offset,
-                            delivery_id: d.delivery_id,
-                            timestamp_ms: d.timestamp_ms,
-                            key: d.key,
-                            headers: d.headers.into_iter().collect(),
-                            payload: d.payload,
-                            attempt: d.attempt,
+                    Ok(Some(proto::SubscribeResponse { kind: Some(kind) })) => {
+                        use proto::subscribe_response::Kind;
+                        let batch = match kind {
+                            Kind::Delivery(d) => vec![d],
+                            Kind::Batch(b) => b.deliveries,
+                            Kind::Subscribed(_) => continue,
                         };
-                        if tx.send(Ok(d)).await.is_err() {
-                            return;
+                        for d in batch {
+                            let Ok(topic) = TopicName::new(d.topic) else { continue };
+                            resume = Some(d.offset + 1);
+                            let d = Delivery {
+                                topic,
+                                offset: d.offset,
+                                delivery_id: d.delivery_id,
+                                timestamp_ms: d.timestamp_ms,
+                                key: d.key,
+                                headers: d.headers.into_iter().collect(),
+                                payload: d.payload,
+                                attempt: d.attempt,
+                            };
+                            if tx.send(Ok(d)).await.is_err() {
+                                return;
+                            }
                         }
                     }
                     Ok(Some(_)) => {}

@@ -507,6 +507,13 @@ impl Subscription {
         Some(d)
     }
 
+    /// The next delivery if one is ready now, without waiting.
+    pub fn try_next(&mut self) -> Option<Delivery> {
+        let d = self.rx.try_recv().ok()?;
+        self.member.consumed(d.payload.len());
+        Some(d)
+    }
+
     /// Allows `n` more deliveries.
     pub fn credit(&self, n: u64) {
         self.member.grant(n);

@@ -279,9 +279,7 @@ impl proto::broker_server::Broker for BrokerService {
                     permit = tx.reserve(), if next.is_some() => {
                         let Ok(permit) = permit else { break };
                         if let Some(d) = next.take() {
-                            permit.send(Ok(proto::SubscribeResponse {
-                                kind: Some(proto::subscribe_response::Kind::Delivery(delivery_to_proto(d))),
-                            }));
+                            permit.send(Ok(response_with_ready(d, &mut sub)));
                         }
                     }
                     d = sub.next(), if next.is_none() => match d {
@@ -306,6 +304,28 @@ impl proto::broker_server::Broker for BrokerService {
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
+}
+
+/// Most deliveries merged into one response, and their most payload bytes.
+const BATCH_MAX: usize = 128;
+const BATCH_MAX_BYTES: usize = 1024 * 1024;
+
+/// `first`, plus every delivery already waiting (up to the batch limits), as one response.
+fn response_with_ready(first: Delivery, sub: &mut hub::Subscription) -> proto::SubscribeResponse {
+    use proto::subscribe_response::Kind;
+    let mut bytes = first.payload.len();
+    let mut batch = vec![delivery_to_proto(first)];
+    while batch.len() < BATCH_MAX && bytes < BATCH_MAX_BYTES {
+        let Some(d) = sub.try_next() else { break };
+        bytes += d.payload.len();
+        batch.push(delivery_to_proto(d));
+    }
+    let kind = if batch.len() == 1 {
+        batch.pop().map(Kind::Delivery)
+    } else {
+        Some(Kind::Batch(proto::Deliveries { deliveries: batch }))
+    };
+    proto::SubscribeResponse { kind }
 }
 
 /// Applies a subscriber's credit, acks and nacks.
