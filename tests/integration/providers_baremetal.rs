@@ -25,6 +25,8 @@ struct Peer {
     url: String,
     user: String,
     password: String,
+    /// Kept so that the watchdog is owned for the whole process (it outlives the tests).
+    _watchdog: std::process::Child,
 }
 
 fn peers_dir() -> PathBuf {
@@ -67,7 +69,7 @@ fn peer() -> &'static Peer {
         let vars: HashMap<&str, &str> = stdout.lines().filter_map(|l| l.split_once('=')).collect();
         let pid = vars.get("PID").expect("PID line").to_string();
         // Watchdog: stop the emulator once this test process is gone.
-        Command::new("sh")
+        let watchdog = Command::new("sh")
             .arg("-c")
             .arg(format!(
                 "while kill -0 {} 2>/dev/null; do sleep 1; done; '{}' stop {pid}",
@@ -83,6 +85,7 @@ fn peer() -> &'static Peer {
             url: vars.get("URL").expect("URL line").to_string(),
             user: vars.get("USER").expect("USER line").to_string(),
             password: vars.get("PASSWORD").expect("PASSWORD line").to_string(),
+            _watchdog: watchdog,
         }
     })
 }

@@ -279,7 +279,7 @@ impl Baremetal {
                 ));
             }
         }
-        for (k, _) in &account.placement {
+        for k in account.placement.keys() {
             if !matches!(k.as_str(), "systems" | "bmcs" | "boot_iso") {
                 return Err(ProviderError::invalid(
                     &format!("placement.{k}"),
