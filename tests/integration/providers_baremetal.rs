@@ -16,7 +16,7 @@ use axum::response::IntoResponse;
 use palisade::model::{CloudKind, Credentials, MachineSize, NodeRole};
 use palisade::providers::{
     self, Account, Bootstrap, Context, ErrorKind, ImageFormat, ImageLocation, ImageRef,
-    MachineSpec, MachineState, MediaHost, OsImage, Provider, ProviderError,
+    MachineSpec, MachineState, MediaHost, OsImage, PowerOp, Provider, ProviderError,
 };
 use serde_json::Value;
 
@@ -565,6 +565,32 @@ async fn lifecycle_claims_boots_reuses_and_releases_machines() {
         let now = redfish(&format!("{}/VirtualMedia/Floppy", m.id)).await;
         assert_eq!(now["Image"], before["Image"], "same claim, not a new one");
     }
+    // Powered off (by an operator, or power(off)), a machine is powered on again by ensure.
+    p2.power(&first[0].reference(), PowerOp::Off)
+        .await
+        .expect("power off");
+    wait_state(p2.as_ref(), &first[0], MachineState::Off).await;
+    let again = p2
+        .ensure_machine(&spec(a, "workers", 0, &image))
+        .await
+        .expect("ensure a powered-off machine");
+    assert_eq!(
+        (again.id.as_str(), again.state.clone()),
+        (first[0].id.as_str(), MachineState::Provisioning)
+    );
+    wait_state(p2.as_ref(), &first[0], MachineState::Running).await;
+    let e = p2
+        .power(
+            &providers::MachineRef {
+                id: first[0].id.clone(),
+                name: "someone-else".into(),
+            },
+            PowerOp::Off,
+        )
+        .await
+        .expect_err("not this machine's name");
+    assert_eq!(e.kind, ErrorKind::NotFound, "{e}");
+
     let listed = p2.machines(a).await.expect("machines");
     assert_eq!(listed.len(), 3, "{listed:?}");
     assert!(listed

@@ -591,22 +591,31 @@ impl Baremetal {
         let claim_slot = n.claim_slot().unwrap_or(seed);
         let os = if os == claim_slot { seed } else { os };
         let slot = &n.slots[os];
+        // The installer is inserted right before the first boot; finding it missing means
+        // that boot never happened (a crash in between), so it is the first boot still.
+        let mut first_boot = fresh;
         if slot.current() != Some(os_url) {
             if slot.current().is_some() {
                 self.eject(&n, slot).await?;
             }
             self.insert(&n, slot, os_url).await?;
+            first_boot = true;
         }
         let state = match n.system.power_state.as_str() {
             "On" => MachineState::Running,
             "PoweringOn" => MachineState::Provisioning,
             _ => {
-                let bmc = &self.bmcs[n.bmc];
-                bmc.patch(
-                    &n.system.path,
-                    &json!({"Boot": {"BootSourceOverrideTarget": "Cd", "BootSourceOverrideEnabled": "Once"}}),
-                )
-                .await?;
+                // Only the first boot is forced onto the installer: a machine found powered
+                // off later (by an operator, or `power(off)`) boots in its own boot order,
+                // which reaches the installed disk instead of installing again.
+                if first_boot {
+                    self.bmcs[n.bmc]
+                        .patch(
+                            &n.system.path,
+                            &json!({"Boot": {"BootSourceOverrideTarget": "Cd", "BootSourceOverrideEnabled": "Once"}}),
+                        )
+                        .await?;
+                }
                 self.reset(&n, "On").await?;
                 MachineState::Provisioning
             }
