@@ -43,10 +43,34 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// The emulator of this test process, started on first use; it stops when the process ends.
+/// The emulator of this test process (5 systems, plain HTTP), started on first use; it stops
+/// when the process ends.
 fn peer() -> &'static Peer {
     static PEER: OnceLock<Peer> = OnceLock::new();
-    PEER.get_or_init(|| {
+    PEER.get_or_init(|| start_peer(&[("REDFISH_SYSTEMS", "5")]))
+}
+
+/// A second BMC: 2 systems over HTTPS with a fresh self-signed certificate, as real BMCs ship.
+/// Its system ids equal the first emulator's node-0 and node-1 (as iDRACs all say
+/// `System.Embedded.1`).
+fn tls_peer() -> &'static Peer {
+    static PEER: OnceLock<Peer> = OnceLock::new();
+    PEER.get_or_init(|| start_peer(&[("REDFISH_SYSTEMS", "2"), ("REDFISH_TLS", "1")]))
+}
+
+/// The certificate a TLS emulator serves (written by redfish.sh into its run directory).
+fn tls_cert(peer: &Peer) -> String {
+    let port = peer.url.rsplit(':').next().expect("port");
+    let dir = std::env::var_os("PEERS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").expect("HOME")).join(".cache/peers")
+        });
+    std::fs::read_to_string(dir.join("redfish/run").join(port).join("cert.pem")).expect("cert.pem")
+}
+
+fn start_peer(env: &[(&str, &str)]) -> Peer {
+    {
         let script = peers_dir().join("redfish.sh");
         assert!(
             script.exists(),
@@ -56,7 +80,7 @@ fn peer() -> &'static Peer {
         let port = free_port();
         let out = Command::new(&script)
             .args(["start", &port.to_string()])
-            .env("REDFISH_SYSTEMS", "5")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .output()
             .expect("run redfish.sh start");
@@ -87,7 +111,7 @@ fn peer() -> &'static Peer {
             password: vars.get("PASSWORD").expect("PASSWORD line").to_string(),
             _watchdog: watchdog,
         }
-    })
+    }
 }
 
 fn account(endpoint: &str, password: &str, placement: &[(&str, &str)]) -> Account {
@@ -671,4 +695,61 @@ fn refs(ms: &[providers::Machine]) -> Vec<providers::MachineRef> {
 
 async fn redfish_owned(path: String) -> Value {
     redfish(&path).await
+}
+
+#[tokio::test]
+async fn pins_a_self_signed_bmc_and_pools_several_bmcs() {
+    let (plain, tls) = (peer(), tls_peer());
+    assert!(tls.url.starts_with("https://"), "{}", tls.url);
+    let cert = tls_cert(tls);
+
+    // Without the BMC's certificate the TLS handshake is refused, with a hint.
+    let mut acc = account(&tls.url, &tls.password, &[]);
+    let p = providers::connect(&acc, &Context::default()).expect("connect");
+    let e = p.validate().await.expect_err("untrusted certificate");
+    assert_eq!(e.kind, ErrorKind::Unreachable, "{e}");
+    assert!(e.message.contains("ca_bundle"), "{e}");
+
+    // Pinned: accepted although it is self-signed.
+    acc.ca_bundle = cert.clone();
+    let p = providers::connect(&acc, &Context::default()).expect("connect");
+    let check = p.validate().await.expect("pinned certificate");
+    assert!(
+        check
+            .checks
+            .iter()
+            .any(|c| c.starts_with("2 systems in the pool")),
+        "{check:?}"
+    );
+
+    // One pool over both BMCs: 7 systems; "node-0" exists on both, with distinct machine ids.
+    let mut acc = account(&plain.url, &plain.password, &[("bmcs", &tls.url)]);
+    acc.ca_bundle = cert;
+    let p = providers::connect(&acc, &Context::default()).expect("connect");
+    let check = p.validate().await.expect("two BMCs");
+    assert!(
+        check
+            .checks
+            .iter()
+            .any(|c| c.starts_with("7 systems in the pool")),
+        "{check:?}"
+    );
+    assert_eq!(
+        check
+            .checks
+            .iter()
+            .filter(|c| c.starts_with("login as"))
+            .count(),
+        2
+    );
+    let choices = p.placements().await.expect("placements");
+    let node0: Vec<&str> = choices
+        .iter()
+        .filter(|c| c.value == "node-0")
+        .map(|c| c.label.as_str())
+        .collect();
+    assert_eq!(node0.len(), 2, "{choices:?}");
+    assert!(
+        node0.iter().any(|l| l.contains(&plain.url)) && node0.iter().any(|l| l.contains(&tls.url))
+    );
 }
