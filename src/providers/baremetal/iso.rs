@@ -42,6 +42,7 @@ pub enum IsoError {
 pub struct IsoFile<'a> {
     /// Name as Linux shows it through Joliet, e.g. `user-data`.
     pub name: &'a str,
+    /// Contents.
     pub data: &'a [u8],
 }
 

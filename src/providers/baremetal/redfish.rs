@@ -375,8 +375,11 @@ pub fn members(collection: &Value) -> Vec<String> {
 pub struct SystemInfo {
     /// The resource's path (`@odata.id`).
     pub path: String,
+    /// `Id` (unique on its BMC only).
     pub id: String,
+    /// `Name` (`node-0` on sushy-tools, often just `System` on real BMCs).
     pub name: String,
+    /// `UUID` (SMBIOS system UUID), empty when not reported.
     pub uuid: String,
     /// `On`, `Off`, `PoweringOn`, `PoweringOff`, or empty when not reported.
     pub power_state: String,
@@ -388,6 +391,7 @@ pub struct SystemInfo {
     pub virtual_media: Option<String>,
     /// Managers of the system (iDRAC/iLO keep VirtualMedia there).
     pub managed_by: Vec<String>,
+    /// The EthernetInterfaces collection (NIC MACs).
     pub ethernet: Option<String>,
     /// ComputerSystem.Reset target.
     pub reset_target: String,
@@ -448,14 +452,19 @@ pub fn parse_system(v: &Value) -> Result<SystemInfo, String> {
 /// What the provider reads of a VirtualMedia resource (one slot).
 #[derive(Debug, Clone, PartialEq)]
 pub struct MediaSlot {
+    /// The resource's path (`@odata.id`).
     pub path: String,
+    /// `Id`: `Cd`, `Floppy` (sushy-tools), `CD`, `RemovableDisk` (iDRAC), `1`, `2` (iLO).
     pub id: String,
     /// `CD`, `DVD`, `Floppy`, `USBStick`, ...
     pub media_types: Vec<String>,
     /// The URL the slot is connected to; empty when nothing is inserted.
     pub image: String,
+    /// `Inserted` as reported.
     pub inserted: bool,
+    /// VirtualMedia.InsertMedia target.
     pub insert_target: String,
+    /// VirtualMedia.EjectMedia target.
     pub eject_target: String,
 }
 
