@@ -615,7 +615,9 @@ async fn lifecycle_claims_boots_reuses_and_releases_machines() {
         .expect_err("not this machine's name");
     assert_eq!(e.kind, ErrorKind::NotFound, "{e}");
 
+    let t3 = Instant::now();
     let listed = p2.machines(a).await.expect("machines");
+    let list_ms = t3.elapsed().as_millis();
     assert_eq!(listed.len(), 3, "{listed:?}");
     assert!(listed
         .iter()
@@ -685,7 +687,7 @@ async fn lifecycle_claims_boots_reuses_and_releases_machines() {
         r.expect("cleanup");
     }
     eprintln!(
-        "baremetal lifecycle: 3 claims+boots {claim_ms} ms, power-on seen after {power_on_ms} ms, 3 deletes {delete_ms} ms"
+        "baremetal lifecycle: 3 claims+boots {claim_ms} ms, power-on seen after {power_on_ms} ms, machines() over 5 systems {list_ms} ms, 3 deletes {delete_ms} ms"
     );
 }
 
