@@ -80,6 +80,31 @@ impl MediaHost for BootMedia {
         Ok(format!("{}/boot-media/{name}", self.base_url))
     }
 
+    /// Installer ISOs of several GiB: linked (same file system: no copy) or else copied into
+    /// the media folder, never read into memory.
+    async fn publish_file(&self, name: &str, path: &Path) -> Result<String, ProviderError> {
+        let Some(to) = self.path(name) else {
+            return Err(ProviderError::invalid(
+                "medium name",
+                format!("{name:?} must be letters, digits, '.', '-' or '_'"),
+            ));
+        };
+        tokio::fs::create_dir_all(&self.dir)
+            .await
+            .map_err(|e| io_error("create", &self.dir, e))?;
+        let tmp = self.dir.join(format!(".{name}.part"));
+        let _ = tokio::fs::remove_file(&tmp).await;
+        if tokio::fs::hard_link(path, &tmp).await.is_err() {
+            tokio::fs::copy(path, &tmp)
+                .await
+                .map_err(|e| io_error("copy", path, e))?;
+        }
+        tokio::fs::rename(&tmp, &to)
+            .await
+            .map_err(|e| io_error("store", &to, e))?;
+        Ok(format!("{}/boot-media/{name}", self.base_url))
+    }
+
     async fn withdraw(&self, name: &str) -> Result<(), ProviderError> {
         let Some(path) = self.path(name) else {
             return Ok(());

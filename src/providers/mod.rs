@@ -7,10 +7,11 @@
 //! infrastructure itself, so after a crash the caller finds them again instead of creating
 //! duplicates. This module is the only place that matches on [`CloudKind`].
 
+pub mod baremetal;
 pub mod http;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -23,6 +24,17 @@ pub const TAG_CLUSTER: &str = "palisade-cluster";
 pub const TAG_POOL: &str = "palisade-pool";
 /// Tag holding the node role (`control-plane` or `worker`).
 pub const TAG_ROLE: &str = "palisade-role";
+
+/// Placement keys the orchestrator reads itself, whatever the provider (static addresses and
+/// the Kubernetes API endpoint, see docs/provisioning.md); providers that refuse unknown keys
+/// accept these.
+pub const ORCHESTRATOR_PLACEMENT_KEYS: &[&str] = &[
+    "ip_pool",
+    "ip_prefix",
+    "gateway",
+    "dns",
+    "control_plane_endpoint",
+];
 
 /// Everything a provider needs to reach one cloud account. Built by the caller from the stored
 /// account and its decrypted credentials.
@@ -59,6 +71,15 @@ pub trait MediaHost: Send + Sync {
     async fn publish(&self, name: &str, bytes: Vec<u8>) -> Result<String, ProviderError>;
     /// Stop serving `name`; unknown names are fine.
     async fn withdraw(&self, name: &str) -> Result<(), ProviderError>;
+    /// Serve the file at `path` under `name` (an OS installer ISO of several GiB). The default
+    /// reads it into memory and calls [`MediaHost::publish`]; a host that can serve straight
+    /// from disk should override it.
+    async fn publish_file(&self, name: &str, path: &Path) -> Result<String, ProviderError> {
+        let bytes = tokio::fs::read(path).await.map_err(|e| {
+            ProviderError::not_found(format!("cannot read {}: {e}", path.display()))
+        })?;
+        self.publish(name, bytes).await
+    }
 }
 
 /// What a provider is built with besides the account.
@@ -71,17 +92,15 @@ pub struct Context {
 /// Build the provider of an account's kind. Fails only on settings that can be checked
 /// without a network call (a malformed endpoint or CA bundle, a missing placement key).
 pub fn connect(account: &Account, ctx: &Context) -> Result<Box<dyn Provider>, ProviderError> {
-    let _ = ctx;
     match account.kind {
-        CloudKind::Vsphere | CloudKind::Openstack | CloudKind::Baremetal => {
-            Err(ProviderError::invalid(
-                "kind",
-                format!(
-                    "the {} provider is not available in this build",
-                    account.kind.as_str()
-                ),
-            ))
-        }
+        CloudKind::Baremetal => Ok(Box::new(baremetal::Baremetal::new(account, ctx)?)),
+        CloudKind::Vsphere | CloudKind::Openstack => Err(ProviderError::invalid(
+            "kind",
+            format!(
+                "the {} provider is not available in this build",
+                account.kind.as_str()
+            ),
+        )),
     }
 }
 

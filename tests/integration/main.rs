@@ -15,6 +15,7 @@ mod oci_pull;
 mod openapi;
 mod pack_sources;
 mod packs;
+mod providers_baremetal;
 mod pull_credentials;
 mod rbac;
 mod registry;
