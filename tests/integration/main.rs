@@ -16,6 +16,7 @@ mod openapi;
 mod pack_sources;
 mod packs;
 mod providers_baremetal;
+mod provisioning;
 mod pull_credentials;
 mod rbac;
 mod registry;

@@ -50,6 +50,12 @@ fn peer() -> &'static Peer {
     PEER.get_or_init(|| start_peer(&[("REDFISH_SYSTEMS", "5")]))
 }
 
+/// The emulator of the end-to-end test through the appliance: 5 systems that power on at once.
+fn e2e_peer() -> &'static Peer {
+    static PEER: OnceLock<Peer> = OnceLock::new();
+    PEER.get_or_init(|| start_peer(&[("REDFISH_SYSTEMS", "5"), ("REDFISH_POWER_DELAY", "0")]))
+}
+
 /// A second BMC: 2 systems over HTTPS with a fresh self-signed certificate, as real BMCs ship.
 /// Its system ids equal the first emulator's node-0 and node-1 (as iDRACs all say
 /// `System.Embedded.1`).
@@ -754,4 +760,28 @@ async fn pins_a_self_signed_bmc_and_pools_several_bmcs() {
     assert!(
         node0.iter().any(|l| l.contains(&plain.url)) && node0.iter().any(|l| l.contains(&tls.url))
     );
+}
+
+/// The scenario through the appliance: create 1 + 2, scale to 3 workers, a machine
+/// released behind the appliance's back is claimed again (reconcile) or alerted (alert),
+/// deletion releases every system.
+#[tokio::test]
+async fn provisions_scales_heals_and_deletes_a_cluster_through_the_appliance() {
+    let p = e2e_peer();
+    let media = TestMedia::start().await;
+    let iso = media
+        .publish("installer.iso", b"an installer image stands here".to_vec())
+        .await
+        .expect("publish installer");
+    let target = crate::provisioning::Target {
+        kind: "baremetal",
+        endpoint: p.url.clone(),
+        ca_bundle: String::new(),
+        username: p.user.clone(),
+        password: p.password.clone(),
+        placement: serde_json::json!({ "boot_iso": iso }),
+        os_values: "image:\n  name: node-installer\n".into(),
+        media: Some(media.clone() as Arc<dyn MediaHost>),
+    };
+    crate::provisioning::full_lifecycle(&target, std::time::Duration::from_secs(180)).await;
 }

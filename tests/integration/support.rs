@@ -44,6 +44,15 @@ impl TestApp {
         app
     }
 
+    /// Start on a fresh data directory with extra `serve` arguments.
+    pub fn start_with(extra: &[&str]) -> TestApp {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("data");
+        let mut app = TestApp::start_in(&dir, extra);
+        app._tmp = Some(tmp);
+        app
+    }
+
     /// Start on `dir` (kept by the caller), with extra `serve` arguments.
     pub fn start_in(dir: &Path, extra: &[&str]) -> TestApp {
         std::fs::create_dir_all(dir.parent().expect("parent")).expect("mkdir");
