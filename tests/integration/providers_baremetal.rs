@@ -50,10 +50,11 @@ fn peer() -> &'static Peer {
     PEER.get_or_init(|| start_peer(&[("REDFISH_SYSTEMS", "5")]))
 }
 
-/// The emulator of the end-to-end test through the appliance: 5 systems that power on at once.
+/// The emulator of the end-to-end tests through the appliance: 8 systems that power on at
+/// once, enough for the lifecycle (4) and the crash test (3) running side by side.
 fn e2e_peer() -> &'static Peer {
     static PEER: OnceLock<Peer> = OnceLock::new();
-    PEER.get_or_init(|| start_peer(&[("REDFISH_SYSTEMS", "5"), ("REDFISH_POWER_DELAY", "0")]))
+    PEER.get_or_init(|| start_peer(&[("REDFISH_SYSTEMS", "8"), ("REDFISH_POWER_DELAY", "0")]))
 }
 
 /// A second BMC: 2 systems over HTTPS with a fresh self-signed certificate, as real BMCs ship.
@@ -784,4 +785,53 @@ async fn provisions_scales_heals_and_deletes_a_cluster_through_the_appliance() {
         media: Some(media.clone() as Arc<dyn MediaHost>),
     };
     crate::provisioning::full_lifecycle(&target, std::time::Duration::from_secs(180)).await;
+}
+
+async fn e2e_target(placement: serde_json::Value, os_values: &str) -> crate::provisioning::Target {
+    let p = e2e_peer();
+    let media = TestMedia::start().await;
+    let iso = media
+        .publish("installer.iso", b"an installer image stands here".to_vec())
+        .await
+        .expect("publish installer");
+    let mut placement = placement;
+    if placement.get("boot_iso").is_none() {
+        placement["boot_iso"] = serde_json::Value::String(iso);
+    }
+    crate::provisioning::Target {
+        kind: "baremetal",
+        endpoint: p.url.clone(),
+        ca_bundle: String::new(),
+        username: p.user.clone(),
+        password: p.password.clone(),
+        placement,
+        os_values: os_values.into(),
+        media: Some(media as Arc<dyn MediaHost>),
+    }
+}
+
+/// `kill -9` of the appliance mid-provisioning: no system claimed twice.
+#[tokio::test]
+async fn an_appliance_killed_mid_provisioning_claims_no_machine_twice() {
+    let target = e2e_target(serde_json::json!({}), "image:\n  name: node-installer\n").await;
+    crate::provisioning::crash_mid_provisioning(&target, 2, std::time::Duration::from_secs(180))
+        .await;
+}
+
+/// Wrong credentials, an unreachable BMC and a missing installer image each say so.
+#[tokio::test]
+async fn broken_accounts_and_images_give_clear_errors_through_the_appliance() {
+    let limit = std::time::Duration::from_secs(120);
+    let mut wrong = e2e_target(serde_json::json!({}), "image:\n  name: node-installer\n").await;
+    wrong.password = "not-the-password".into();
+    crate::provisioning::clear_error(&wrong, Some("credentials"), "password", limit).await;
+
+    let mut unreachable =
+        e2e_target(serde_json::json!({}), "image:\n  name: node-installer\n").await;
+    unreachable.endpoint = format!("http://127.0.0.1:{}", free_port());
+    crate::provisioning::clear_error(&unreachable, Some("unreachable"), "127.0.0.1", limit).await;
+
+    let mut no_image = e2e_target(serde_json::json!({}), "image:\n  name: node-installer\n").await;
+    no_image.placement = serde_json::json!({});
+    crate::provisioning::clear_error(&no_image, None, "no installer ISO", limit).await;
 }

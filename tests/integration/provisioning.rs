@@ -339,3 +339,81 @@ pub(crate) async fn full_lifecycle(target: &Target, limit: Duration) {
         "the peer is clean"
     );
 }
+
+/// `kill -9` the appliance while it creates machines, start it again on the same data: the
+/// cluster ends Running with exactly its machines on the peer, none twice.
+pub(crate) async fn crash_mid_provisioning(target: &Target, workers: u32, limit: Duration) {
+    let mut s = setup(target).await;
+    let peer = target.provider();
+    let id = create_cluster(&s, "crash", workers, "reconcile").await;
+    // Kill as soon as the first machine is recorded (before the provider has answered for all).
+    wait_for("the first machine record", limit, || async {
+        let (_, m) = s.admin.get(&format!("/v1/clusters/{id}/machines")).await;
+        m.as_array().is_some_and(|a| !a.is_empty()).then_some(())
+    })
+    .await;
+    s._app.kill9();
+    let dir = s._app.dir.clone();
+    let app = TestApp::start_in(&dir, &["--resync-interval", "2"]);
+    let admin = app.login_token("admin", crate::support::PASSWORD).await;
+    wait_status(&admin, &id, "Running", limit).await;
+    let machines = on_peer(peer.as_ref(), &id).await;
+    let mut names: Vec<&str> = machines.iter().map(|m| m.name.as_str()).collect();
+    names.dedup();
+    assert_eq!(
+        machines.len(),
+        1 + workers as usize,
+        "no duplicate machines: {machines:?}"
+    );
+    assert_eq!(names.len(), machines.len(), "no name twice: {machines:?}");
+    let (status, _) = admin
+        .call(Method::DELETE, &format!("/v1/clusters/{id}"), None)
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    wait_for("the cluster to be gone", limit, || async {
+        (admin.get(&format!("/v1/clusters/{id}")).await.0 == StatusCode::NOT_FOUND).then_some(())
+    })
+    .await;
+    assert!(
+        on_peer(peer.as_ref(), &id).await.is_empty(),
+        "the peer is clean"
+    );
+    drop(app);
+}
+
+/// A broken account or profile gives a clear error on the account check and on the cluster.
+/// `expect` is a piece of the message that names the problem.
+pub(crate) async fn clear_error(
+    target: &Target,
+    check_kind: Option<&str>,
+    expect: &str,
+    limit: Duration,
+) {
+    let s = setup(target).await;
+    if let Some(kind) = check_kind {
+        let check = validate(&s.admin, &s.account).await;
+        assert_eq!(check["state"], "failed", "{check}");
+        assert_eq!(check["error_kind"], kind, "{check}");
+        assert!(
+            check["error"].as_str().unwrap_or("").contains(expect),
+            "the account check names the problem ({expect}): {check}"
+        );
+    }
+    let id = create_cluster(&s, "broken", 1, "reconcile").await;
+    let cluster = wait_for("a clear error on the cluster", limit, || async {
+        let (_, c) = s.admin.get(&format!("/v1/clusters/{id}")).await;
+        let said = c["conditions"].as_array().is_some_and(|a| {
+            a.iter()
+                .any(|k| k["message"].as_str().unwrap_or("").contains(expect))
+        });
+        said.then_some(c)
+    })
+    .await;
+    assert_ne!(cluster["status"], "Running", "{cluster}");
+    // Deleting a cluster whose provisioning failed still works.
+    let (status, _) = s
+        .admin
+        .call(Method::DELETE, &format!("/v1/clusters/{id}"), None)
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+}
