@@ -1056,3 +1056,140 @@ async fn console_uploads_a_bundle_in_chunks_resumes_an_interrupted_upload_and_im
 
     b.close().await;
 }
+
+/// Wait until the element matching `css` shows `needle`, for at most `limit`, reloading the
+/// page between looks.
+async fn wait_for_text_across_reloads(b: &Browser, css: &str, needle: &str, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    // Read through a script: an element handle goes stale when the page refreshes itself.
+    let script = format!(
+        "const e = document.querySelector({}); return e ? e.innerText : '';",
+        serde_json::Value::String(css.to_string())
+    );
+    loop {
+        let text = b.execute(&script).await;
+        if text.as_str().is_some_and(|t| t.contains(needle)) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{css} did not show {needle:?} within {limit:?}; the page shows:\n{}",
+            b.body_text().await
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // A page showing a settled state does not refresh itself: look again as a user would.
+        let here = b.current_url().await;
+        let _ = b.client().goto(&here).await;
+    }
+}
+
+#[tokio::test]
+async fn console_checks_an_account_then_creates_scales_and_deletes_a_cluster() {
+    let target = crate::providers_baremetal::e2e_target(
+        serde_json::json!({}),
+        "image:\n  name: node-installer\n",
+    )
+    .await;
+    let app = TestApp::start_with(&["--resync-interval", "2"]);
+    let admin = app.admin().await;
+    let tenant = admin
+        .create("/v1/tenants", serde_json::json!({"name": "site"}))
+        .await["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let project = admin
+        .create(
+            "/v1/projects",
+            serde_json::json!({"tenant_id": tenant, "name": "main"}),
+        )
+        .await["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    admin
+        .create(
+            "/v1/profiles",
+            serde_json::json!({"project_id": project, "name": "k8s", "layers": [
+                {"type": "os", "pack": "node-image", "version": "1.0.0", "values": target.os_values},
+                {"type": "kubernetes", "pack": "kubernetes-kubeadm", "version": "1.30.4"},
+            ]}),
+        )
+        .await;
+    let b = Browser::start(&app, "provisioning").await;
+    log_in_in_browser(&b, "admin", PASSWORD).await;
+
+    // A cloud account made in the console, with its placement settings.
+    b.goto("/cloud-accounts").await;
+    b.fill("account-name", "rack-a").await;
+    b.execute("document.getElementById('account-kind').value = 'baremetal';")
+        .await;
+    b.fill("account-endpoint", &target.endpoint).await;
+    b.fill("account-username", &target.username).await;
+    b.fill("account-password", &target.password).await;
+    let boot_iso = target.placement["boot_iso"].as_str().expect("boot_iso");
+    b.fill("account-placement", &format!("boot_iso = {boot_iso}"))
+        .await;
+    b.click_css("#account-form button").await;
+    b.wait_for_text(".flash.ok", "Cloud account rack-a created")
+        .await;
+
+    // Check it: the result and the placement pickers filled from the provider.
+    b.click_css("#account-list a").await;
+    b.click_css("form[action$='/validate'] button").await;
+    wait_for_text_across_reloads(&b, ".flash.ok", "Check started", Duration::from_secs(10)).await;
+    wait_for_text_across_reloads(&b, "#account-check", "Passed", Duration::from_secs(60)).await;
+    assert!(
+        b.exists("#placement-form select").await,
+        "placement pickers: {}",
+        b.body_text().await
+    );
+    b.screenshot("cloud-account-checked").await;
+
+    // Create a cluster of 1 + 2: its page shows it Running with three machines.
+    b.goto("/clusters").await;
+    b.fill("cluster-name", "web").await;
+    b.fill("w-count", "2").await;
+    b.click_css("#cluster-form button").await;
+    wait_for_text_across_reloads(
+        &b,
+        ".flash.ok",
+        "Cluster web created",
+        Duration::from_secs(10),
+    )
+    .await;
+    wait_for_text_across_reloads(&b, "#cluster-status", "Running", Duration::from_secs(120)).await;
+    let machines = b
+        .execute("return document.getElementById('machines').innerText;")
+        .await;
+    let machines = machines.as_str().unwrap_or_default();
+    assert_eq!(
+        machines.matches("running").count(),
+        3,
+        "three running machines: {machines}"
+    );
+    b.screenshot("cluster-running").await;
+
+    // Scale the workers to 3.
+    b.fill("pool-workers", "3").await;
+    b.click_css("#scale-form button").await;
+    wait_for_text_across_reloads(&b, ".flash.ok", "being scaled", Duration::from_secs(10)).await;
+    wait_for_text_across_reloads(&b, "#machines", "workers-2", Duration::from_secs(120)).await;
+    wait_for_text_across_reloads(&b, "#cluster-status", "Running", Duration::from_secs(120)).await;
+    let events = b
+        .execute("return document.getElementById('events').innerText;")
+        .await;
+    assert!(
+        events.as_str().unwrap_or_default().contains("created"),
+        "{events}"
+    );
+
+    // Delete it: the list ends empty.
+    b.click_css("#delete-form input[type=checkbox]").await;
+    b.click_css("#delete-form button").await;
+    wait_for_text_across_reloads(&b, ".flash.ok", "being deleted", Duration::from_secs(10)).await;
+    b.goto("/clusters").await;
+    wait_for_text_across_reloads(&b, "#cluster-list", "No clusters", Duration::from_secs(120))
+        .await;
+    b.close().await;
+}

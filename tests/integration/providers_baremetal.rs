@@ -787,7 +787,10 @@ async fn provisions_scales_heals_and_deletes_a_cluster_through_the_appliance() {
     crate::provisioning::full_lifecycle(&target, std::time::Duration::from_secs(180)).await;
 }
 
-async fn e2e_target(placement: serde_json::Value, os_values: &str) -> crate::provisioning::Target {
+pub(crate) async fn e2e_target(
+    placement: serde_json::Value,
+    os_values: &str,
+) -> crate::provisioning::Target {
     let p = e2e_peer();
     let media = TestMedia::start().await;
     let iso = media
