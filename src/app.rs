@@ -77,6 +77,8 @@ pub struct App {
     pub boot_media: Arc<crate::orchestrator::media::BootMedia>,
     /// Wakes the pack-source reconciler (`crate::pack_sources`) to read the sources now.
     pub pack_source_sync: tokio::sync::Notify,
+    /// Resumable bundle upload sessions (`/v1/bundle-uploads`) and their expiry.
+    pub bundle_uploads: crate::bundle::uploads::UploadSessions,
 }
 
 /// What `serve` prints once it is ready.
@@ -226,7 +228,12 @@ pub async fn start(config: ServeConfig) -> Result<Appliance, Error> {
         },
         resync: std::time::Duration::from_secs(config.resync_interval),
     });
+    let bundle_uploads = crate::bundle::uploads::UploadSessions::new(
+        dir.staging_dir().join("uploads"),
+        config.bundle_upload_expiry,
+    );
     let app = Arc::new(App {
+        bundle_uploads,
         ca_fingerprint: pki.ca_fingerprint(),
         ca_pem: pki.ca_pem().to_string(),
         config,
@@ -294,6 +301,10 @@ impl Appliance {
             self.app.clone(),
         ));
         tokio::spawn(crate::pack_sources::sync_periodically(self.app.clone()));
+        tokio::spawn(crate::bundle::uploads::expire_periodically(
+            self.app.bundle_uploads.clone(),
+            self.app.store.clone(),
+        ));
         let app = self.app.clone();
         tokio::spawn(async move {
             match crate::orchestrator::desired::publish_missing(&app.bus, &app.broker, &app.store)

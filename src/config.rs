@@ -67,6 +67,21 @@ pub struct ServeConfig {
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "PALISADE_MAX_BODY", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
+
+    /// How long a bundle upload session (`/v1/bundle-uploads`) may go without a chunk before it
+    /// expires and its partial file is removed: `30m`, `24h`, `7d`.
+    #[arg(long, env = "PALISADE_BUNDLE_UPLOAD_EXPIRY", default_value = "24h", value_parser = parse_expiry)]
+    pub bundle_upload_expiry: std::time::Duration,
+}
+
+/// Parses a positive age such as `90s`, `30m`, `24h` or `7d`.
+pub fn parse_expiry(s: &str) -> Result<std::time::Duration, String> {
+    match parse_age(s)? {
+        Some(d) if !d.is_zero() => Ok(d),
+        _ => Err(format!(
+            "{s:?}: give a time longer than zero, such as 30m, 24h or 7d"
+        )),
+    }
 }
 
 /// One `--broker-retention` rule: a topic prefix (`*`: the default) and its limits.
@@ -142,6 +157,18 @@ pub fn parse_retention(s: &str) -> Result<RetentionRule, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn upload_expiry_is_a_positive_time() {
+        assert_eq!(
+            parse_expiry("24h"),
+            Ok(std::time::Duration::from_secs(86_400))
+        );
+        assert_eq!(parse_expiry("90s"), Ok(std::time::Duration::from_secs(90)));
+        for bad in ["0h", "none", "24", "1w", "h"] {
+            assert!(parse_expiry(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn retention_rules_parse_and_explain_mistakes() {

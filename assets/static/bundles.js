@@ -95,7 +95,8 @@
   async function serverOffset(id) {
     const res = await withRetry("Asking for the upload's offset", () =>
       api("GET", "/v1/bundle-uploads/" + encodeURIComponent(id)));
-    if (res.status === 404) return null;
+    // 404: removed; 410: expired after a day without a chunk. Either way, start again.
+    if (res.status === 404 || res.status === 410) return null;
     if (!res.ok) throw new Stop(await problem(res, "Asking for the upload's offset"));
     return (await res.json()).offset;
   }
@@ -160,6 +161,10 @@
         if (res && res.status === 404) {
           forget(f);
           throw new Stop("The server no longer holds this upload (it was removed): choose the file again to start over.");
+        }
+        if (res && res.status === 410) {
+          forget(f);
+          throw new Stop(await problem(res, "Sending " + f.name));
         }
         if (res && res.status !== 409 && res.status < 500) {
           throw new Stop(await problem(res, "Sending " + f.name));

@@ -1,12 +1,15 @@
 //! Bundle import into the running appliance: a resumable upload session per bundle file (or
-//! part), then an import of the uploaded parts (`/v1/bundle-uploads`). System admins only;
-//! every request is audited by the API's audit middleware, and the import itself adds its own
-//! entry (naming the bundle, and whether an untrusted signer was allowed).
+//! part), then an import of the uploaded parts (`/v1/bundle-uploads`). System admins only.
+//! The API's audit middleware records the session's start, import and abort, but not each
+//! accepted chunk ([`UPLOAD_CHUNK_ROUTE`]: a bundle is thousands of them); a refused chunk is
+//! recorded. The import adds its own entry (naming the bundle, and whether an untrusted signer
+//! was allowed), and the sweeper one for each session it expires.
 //!
-//! Upload sessions are files `<data-dir>/staging/uploads/<uuid>`: the file's length is the
-//! session's offset, so a session survives a dropped connection and a restart. A chunk is
-//! appended only at the current offset (`Upload-Offset` header); a chunk cut short leaves what
-//! arrived, and the client resumes from the offset `GET` reports.
+//! Upload sessions are files `<data-dir>/staging/uploads/<uuid>` ([`crate::bundle::uploads`]):
+//! the file's length is the session's offset, so a session survives a dropped connection and a
+//! restart. A chunk is appended only at the current offset (`Upload-Offset` header); a chunk
+//! cut short leaves what arrived, and the client resumes from the offset `GET` reports. A
+//! session without a chunk for `--bundle-upload-expiry` (24 h) expires: 410, start again.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -25,12 +28,16 @@ use utoipa_axum::routes;
 
 use super::error::{ApiError, Problem};
 use super::extract::{ApiJson, Auth};
+use super::middleware::AuditObject;
 use super::AppState;
 use crate::bundle::import::{import, ImportOptions};
+use crate::bundle::uploads::Session;
 use crate::bundle::{Error as BundleError, Silent};
 use crate::datadir::DataDir;
 use crate::model::Principal;
 
+/// The route of one session; `PATCH` on it appends a chunk (not audited when accepted).
+pub const UPLOAD_CHUNK_ROUTE: &str = "/v1/bundle-uploads/{id}";
 /// Largest bundle file (or part) one session takes.
 pub const MAX_UPLOAD_BYTES: u64 = 64 * 1024 * 1024 * 1024;
 /// The header carrying the offset a chunk starts at (and, in answers, the offset reached).
@@ -95,16 +102,33 @@ pub struct ImportResult {
     pub reused: u64,
 }
 
-fn uploads_dir(app: &AppState) -> PathBuf {
-    app.config.data_dir.join("staging").join("uploads")
+/// The file and offset of open session `id`; 404 for an id that names no session, 410 for
+/// an expired one.
+async fn open_session(app: &AppState, id: &str) -> Result<(PathBuf, u64), ApiError> {
+    let not_found = ApiError::NotFound {
+        kind: "bundle upload",
+    };
+    // Only a session id, never a path.
+    let Ok(uuid) = uuid::Uuid::parse_str(id) else {
+        return Err(not_found);
+    };
+    match app
+        .bundle_uploads
+        .lookup(&uuid)
+        .await
+        .map_err(ApiError::internal)?
+    {
+        Session::Open { path, offset } => Ok((path, offset)),
+        Session::Expired => Err(expired(app, id)),
+        Session::Unknown => Err(not_found),
+    }
 }
 
-/// The file of session `id`, if `id` is a session id at all (never a path).
-fn upload_path(app: &AppState, id: &str) -> Result<PathBuf, ApiError> {
-    let id = uuid::Uuid::parse_str(id).map_err(|_| ApiError::NotFound {
-        kind: "bundle upload",
-    })?;
-    Ok(uploads_dir(app).join(id.to_string()))
+fn expired(app: &AppState, id: &str) -> ApiError {
+    ApiError::Gone(format!(
+        "upload session {id} expired after {} without a chunk, and what it held was removed: start again with POST /v1/bundle-uploads and send the file from the beginning",
+        app.bundle_uploads.expiry_text()
+    ))
 }
 
 async fn offset_of(path: &std::path::Path) -> Result<u64, ApiError> {
@@ -123,29 +147,36 @@ async fn offset_of(path: &std::path::Path) -> Result<u64, ApiError> {
 async fn create_bundle_upload(
     State(app): State<AppState>,
     Auth(p): Auth,
-) -> Result<(StatusCode, Json<BundleUpload>), ApiError> {
+) -> Result<Response, ApiError> {
     require_system_admin(&p)?;
-    let dir = uploads_dir(&app);
-    tokio::fs::create_dir_all(&dir)
+    let id = app
+        .bundle_uploads
+        .create()
         .await
-        .map_err(ApiError::internal)?;
-    let id = uuid::Uuid::new_v4().to_string();
-    tokio::fs::File::create(dir.join(&id))
-        .await
-        .map_err(ApiError::internal)?;
-    Ok((StatusCode::CREATED, Json(BundleUpload { id, offset: 0 })))
+        .map_err(ApiError::internal)?
+        .to_string();
+    let mut res = (
+        StatusCode::CREATED,
+        Json(BundleUpload {
+            id: id.clone(),
+            offset: 0,
+        }),
+    )
+        .into_response();
+    res.extensions_mut().insert(AuditObject(id));
+    Ok(res)
 }
 
 /// The session's offset: where the next chunk starts.
 #[utoipa::path(get, path = "/v1/bundle-uploads/{id}", tag = "bundles", params(("id" = String, Path)),
-    responses((status = 200, body = BundleUpload), (status = 403, body = Problem), (status = 404, body = Problem)))]
+    responses((status = 200, body = BundleUpload), (status = 403, body = Problem), (status = 404, body = Problem), (status = 410, body = Problem)))]
 async fn bundle_upload(
     State(app): State<AppState>,
     Auth(p): Auth,
     Path(id): Path<String>,
 ) -> Result<Json<BundleUpload>, ApiError> {
     require_system_admin(&p)?;
-    let offset = offset_of(&upload_path(&app, &id)?).await?;
+    let (_, offset) = open_session(&app, &id).await?;
     Ok(Json(BundleUpload { id, offset }))
 }
 
@@ -155,7 +186,7 @@ async fn bundle_upload(
     params(("id" = String, Path), ("Upload-Offset" = u64, Header)),
     request_body(content = String, content_type = "application/octet-stream"),
     responses((status = 204, headers(("Upload-Offset" = u64))), (status = 400, body = Problem),
-              (status = 403, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem)))]
+              (status = 403, body = Problem), (status = 404, body = Problem), (status = 410, body = Problem), (status = 409, body = Problem)))]
 async fn append_bundle_upload(
     State(app): State<AppState>,
     Auth(p): Auth,
@@ -164,8 +195,7 @@ async fn append_bundle_upload(
     body: Body,
 ) -> Result<Response, ApiError> {
     require_system_admin(&p)?;
-    let path = upload_path(&app, &id)?;
-    let current = offset_of(&path).await?;
+    let (path, current) = open_session(&app, &id).await?;
     let wanted: u64 = headers
         .get(UPLOAD_OFFSET)
         .and_then(|v| v.to_str().ok())
@@ -199,6 +229,10 @@ async fn append_bundle_upload(
         return Err(ApiError::Conflict(
             "another chunk of this upload is being written: wait for it".into(),
         ));
+    }
+    // The sweeper may have expired the session between the lookup and the lock.
+    if !crate::bundle::uploads::still_current(&std_file, &path) {
+        return Err(expired(&app, &id));
     }
     let mut out = tokio::io::BufWriter::with_capacity(1 << 20, tokio::fs::File::from_std(std_file));
     let mut stream = body.into_data_stream();
@@ -243,19 +277,20 @@ async fn append_bundle_upload(
 
 /// Drop an upload session.
 #[utoipa::path(delete, path = "/v1/bundle-uploads/{id}", tag = "bundles", params(("id" = String, Path)),
-    responses((status = 204), (status = 403, body = Problem), (status = 404, body = Problem)))]
+    responses((status = 204), (status = 403, body = Problem), (status = 404, body = Problem), (status = 410, body = Problem)))]
 async fn delete_bundle_upload(
     State(app): State<AppState>,
     Auth(p): Auth,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     require_system_admin(&p)?;
-    let path = upload_path(&app, &id)?;
-    offset_of(&path).await?;
-    tokio::fs::remove_file(&path)
-        .await
-        .map_err(ApiError::internal)?;
-    Ok(StatusCode::NO_CONTENT)
+    let (path, _) = open_session(&app, &id).await?;
+    match tokio::fs::remove_file(&path).await {
+        Ok(()) => Ok(StatusCode::NO_CONTENT),
+        // Expired by the sweeper meanwhile: gone either way.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(expired(&app, &id)),
+        Err(e) => Err(ApiError::internal(e)),
+    }
 }
 
 /// Verify and import the uploaded bundle (this session, plus `parts` for a split bundle) into
@@ -265,7 +300,7 @@ async fn delete_bundle_upload(
 #[utoipa::path(post, path = "/v1/bundle-uploads/{id}/import", tag = "bundles", params(("id" = String, Path)),
     request_body = ImportRequest,
     responses((status = 200, body = ImportResult), (status = 400, body = Problem), (status = 403, body = Problem),
-              (status = 404, body = Problem), (status = 409, body = Problem)))]
+              (status = 404, body = Problem), (status = 410, body = Problem), (status = 409, body = Problem)))]
 async fn import_bundle_upload(
     State(app): State<AppState>,
     Auth(p): Auth,
@@ -273,12 +308,9 @@ async fn import_bundle_upload(
     ApiJson(req): ApiJson<ImportRequest>,
 ) -> Result<Json<ImportResult>, ApiError> {
     require_system_admin(&p)?;
-    let mut files = vec![upload_path(&app, &id)?];
-    for part in &req.parts {
-        files.push(upload_path(&app, part)?);
-    }
-    for f in &files {
-        offset_of(f).await?;
+    let mut files = Vec::new();
+    for session in std::iter::once(&id).chain(&req.parts) {
+        files.push(open_session(&app, session).await?.0);
     }
     let dir = DataDir::create(&app.config.data_dir).map_err(ApiError::internal)?;
     let opts = ImportOptions {

@@ -252,13 +252,21 @@ pub async fn authenticate(State(app): State<AppState>, mut req: Request, next: N
     next.run(req).await
 }
 
+/// Mutations recorded only when refused (401, 403): each chunk of a bundle upload. A bundle of
+/// many gigabytes is thousands of chunks, which would bury everything else in the log; the
+/// session's start, import and abort, and its expiry, are what the log records of an upload.
+fn audited_only_when_refused(method: &Method, route: &str) -> bool {
+    *method == Method::PATCH && route == super::bundles::UPLOAD_CHUNK_ROUTE
+}
+
 /// Record every mutating request (and so every login attempt) in the audit chain: who, what,
 /// on which object, from where, when, and with what outcome. Bodies are never recorded, so
-/// no secret reaches the log.
+/// no secret reaches the log. The one exception is [`audited_only_when_refused`].
 pub async fn audit(State(app): State<AppState>, req: Request, next: Next) -> Response {
     if is_safe(req.method()) {
         return next.run(req).await;
     }
+    let quiet = audited_only_when_refused(req.method(), &route_of(&req));
     let actor = req
         .extensions()
         .get::<AuthContext>()
@@ -276,6 +284,25 @@ pub async fn audit(State(app): State<AppState>, req: Request, next: Next) -> Res
         .get::<RequestId>()
         .map(|r| r.0.clone())
         .unwrap_or_default();
+    if quiet {
+        let res = next.run(req).await;
+        let status = res.status();
+        if matches!(status.as_u16(), 401 | 403) {
+            let entry = AuditEntry {
+                actor,
+                action,
+                object: path,
+                source,
+                outcome: format!("denied {}", status.as_u16()),
+                request_id,
+            };
+            if let Err(e) = app.store.append_audit(entry).await {
+                tracing::error!(error = %e, "cannot append to the audit log");
+                return ApiError::internal(e).into_response();
+            }
+        }
+        return res;
+    }
     // Recorded before the handler can change anything: a crash after its change commits but
     // before the entry below is appended still leaves an entry (see recover_pending_audit).
     let pending = AuditEntry {

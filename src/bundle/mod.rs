@@ -3,7 +3,8 @@
 //!
 //! Owns the format ([`format`], specified in `docs/bundle-format.md`), signing keys and
 //! signatures ([`keys`]), recipes ([`recipe`]), building ([`build`]), streaming verification
-//! ([`reader`]) and import into a data directory ([`import`]). Called by `cli::bundle`; the
+//! ([`reader`]), import into a data directory ([`import`]) and the resumable upload sessions
+//! that bring a bundle to the running appliance ([`uploads`]). Called by `cli::bundle`; the
 //! import writes the registry through `crate::registry::blobs` and `crate::store` only.
 
 pub mod build;
@@ -14,6 +15,7 @@ pub mod keys;
 pub mod layout;
 pub mod reader;
 pub mod recipe;
+pub mod uploads;
 
 pub use error::{Error, Result};
 

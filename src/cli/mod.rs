@@ -5,6 +5,7 @@
 //! `bundle verify`).
 
 mod admin;
+mod backup;
 mod bundle;
 mod pack;
 mod serve;

@@ -128,6 +128,58 @@ const WRITE_BUFFER: usize = 1 << 20;
 /// Size of the reads when hashing or serving a file.
 pub const READ_CHUNK: usize = 256 * 1024;
 
+/// Size of the reads that feed a blob's response body (`GET /v2/<name>/blobs/<digest>`).
+/// Measured in docs/benchmarks.md ("Registry pull"): 1 MiB reads, one ahead of the network,
+/// against 256 KiB reads through `tokio::fs`.
+pub const SERVE_CHUNK: usize = 1 << 20;
+
+/// The next `len` bytes of `file` (from its current position) as a stream of chunks of at
+/// most [`SERVE_CHUNK`] bytes, for a response body.
+///
+/// Each chunk is one `read` on the blocking pool straight into the buffer that is sent (no
+/// zero-filling, no second copy as `tokio::fs::File` makes), and the next chunk is read while
+/// the current one is being sent. No thread is held while the client is slow: a read is
+/// started only when the previous chunk was taken. A file shorter than `len` ends the stream
+/// with an error (the client sees a cut-off body, never wrong bytes).
+pub fn read_chunks(
+    file: std::fs::File,
+    len: u64,
+) -> impl Stream<Item = std::io::Result<Bytes>> + Send + 'static {
+    type Pending = tokio::task::JoinHandle<(std::fs::File, std::io::Result<Vec<u8>>)>;
+    fn read_next(file: std::fs::File, left: u64) -> Pending {
+        let n = left.min(SERVE_CHUNK as u64);
+        tokio::task::spawn_blocking(move || {
+            // `read_to_end` fills the spare capacity without initialising it first.
+            let mut buf = Vec::with_capacity(n as usize);
+            let read = (&file).take(n).read_to_end(&mut buf).map(|_| buf);
+            (file, read)
+        })
+    }
+    let first = (len > 0).then(|| read_next(file, len));
+    futures_util::stream::unfold((first, len), |(pending, left)| async move {
+        let (file, read) = match pending?.await {
+            Ok(done) => done,
+            Err(e) => return Some((Err(std::io::Error::other(e)), (None, 0))),
+        };
+        match read {
+            Err(e) => Some((Err(e), (None, 0))),
+            Ok(buf) if buf.is_empty() => Some((
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "blob file is shorter than its record",
+                )),
+                (None, 0),
+            )),
+            Ok(buf) => {
+                let left = left - buf.len() as u64;
+                // Read ahead: the next chunk comes off the disk while this one is sent.
+                let next = (left > 0).then(|| read_next(file, left));
+                Some((Ok(Bytes::from(buf)), (next, left)))
+            }
+        }
+    })
+}
+
 /// The blob store rooted at `<data-dir>/registry`.
 #[derive(Debug, Clone)]
 pub struct BlobStore {
@@ -337,10 +389,16 @@ impl BlobStore {
         remove_if_present(&self.blob_path(d)).await
     }
 
-    /// Open blob `d` for reading; `None` when its file is absent.
-    pub async fn open_blob(&self, d: &Digest) -> Result<Option<tokio::fs::File>> {
+    /// Open blob `d` for reading (opened on the blocking pool); `None` when its file is absent.
+    pub async fn open_blob(&self, d: &Digest) -> Result<Option<std::fs::File>> {
         let path = self.blob_path(d);
-        match tokio::fs::File::open(&path).await {
+        let opened = tokio::task::spawn_blocking({
+            let path = path.clone();
+            move || std::fs::File::open(path)
+        })
+        .await
+        .map_err(|e| io("open blob", &path)(std::io::Error::other(e)))?;
+        match opened {
             Ok(f) => Ok(Some(f)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io("open blob", &path)(e)),
@@ -586,6 +644,46 @@ mod tests {
         r.read_to_end(&mut out).expect("read");
         assert_eq!(out, content);
         assert_eq!(r.finish().0, Digest::of(&content));
+    }
+
+    #[tokio::test]
+    async fn served_chunks_hold_exactly_the_range_and_a_short_file_is_an_error() {
+        use std::io::{Seek, SeekFrom};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let content: Vec<u8> = (0..SERVE_CHUNK * 2 + 5).map(|i| (i % 251) as u8).collect();
+        let path = dir.path().join("f");
+        std::fs::write(&path, &content).expect("write");
+        let collect = |start: u64, len: u64| {
+            let path = path.clone();
+            async move {
+                let mut f = std::fs::File::open(&path).expect("open");
+                f.seek(SeekFrom::Start(start)).expect("seek");
+                let chunks: Vec<std::io::Result<Bytes>> = read_chunks(f, len).collect().await;
+                chunks
+            }
+        };
+        let whole = collect(0, content.len() as u64).await;
+        assert_eq!(whole.len(), 3, "two full chunks and the rest");
+        let joined: Vec<u8> = whole
+            .into_iter()
+            .flat_map(|c| c.expect("chunk").to_vec())
+            .collect();
+        assert_eq!(joined, content);
+        let range = collect(10, 100).await;
+        assert_eq!(range.len(), 1);
+        assert_eq!(range[0].as_ref().expect("chunk")[..], content[10..110]);
+        assert!(collect(0, 0).await.is_empty());
+        // The record says more than the file holds: the body ends with an error.
+        let short = collect(0, content.len() as u64 + 1).await;
+        assert!(short.last().expect("last").is_err());
+        assert_eq!(
+            short
+                .iter()
+                .filter_map(|c| c.as_ref().ok())
+                .map(|c| c.len())
+                .sum::<usize>(),
+            content.len()
+        );
     }
 
     #[tokio::test]

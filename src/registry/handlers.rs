@@ -15,9 +15,8 @@ use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 use sha2::Sha256;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
-use super::blobs::{AppendError, READ_CHUNK};
+use super::blobs::AppendError;
 use super::errors::RegistryError;
 use super::manifests::{self, MAX_MANIFEST_BYTES, OCI_INDEX};
 use super::names::{Digest, Reference, RepoName};
@@ -579,30 +578,11 @@ async fn get_blob(
         return Err(unknown());
     };
     if start > 0 {
-        file.seek(std::io::SeekFrom::Start(start))
-            .await
+        // lseek only moves the file offset: no I/O to keep off the runtime.
+        std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(start))
             .map_err(RegistryError::internal)?;
     }
-    let stream = futures_util::stream::unfold((file, len), |(mut file, left)| async move {
-        if left == 0 {
-            return None;
-        }
-        let mut buf = vec![0u8; READ_CHUNK.min(left as usize)];
-        match file.read(&mut buf).await {
-            Ok(0) => Some((
-                Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "blob file is shorter than its record",
-                )),
-                (file, 0),
-            )),
-            Ok(n) => {
-                buf.truncate(n);
-                Some((Ok(Bytes::from(buf)), (file, left - n as u64)))
-            }
-            Err(e) => Some((Err(e), (file, 0))),
-        }
-    });
+    let stream = super::blobs::read_chunks(file, len);
     let mut res = Response::new(Body::from_stream(stream));
     *res.status_mut() = status;
     for (k, v) in headers {

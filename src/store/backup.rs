@@ -1,5 +1,5 @@
 //! Online backup and verified restore of the database file, and what a backup snapshot says
-//! about the registry's blobs. Called by `palisade admin backup` and `restore`.
+//! about the files it needs (registry blobs, bundle file artifacts). Called by `palisade admin backup` and `restore`.
 
 use std::path::Path;
 
@@ -88,6 +88,56 @@ pub fn referenced_blobs(path: &Path) -> Result<Vec<super::BlobReference>> {
         return Ok(Vec::new());
     }
     super::registry::blob_references(&conn)
+}
+
+/// A file artifact of an imported bundle that a database references: its content lives in
+/// `<data-dir>/artifacts/sha256/<2 hex>/<64 hex>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileReference {
+    /// `sha256:<64 hex>` of the content.
+    pub digest: String,
+    /// `kind name version of bundle <name> <version>`, for messages.
+    pub what: String,
+}
+
+/// The bundle file artifacts the database *file* at `path` (a backup snapshot) references, by
+/// digest. A database from before bundles references none.
+pub fn referenced_files(path: &Path) -> Result<Vec<FileReference>> {
+    let conn =
+        Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(|source| {
+            Error::Open {
+                path: path.to_path_buf(),
+                source,
+            }
+        })?;
+    let has_bundles: bool = conn
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'bundle_artifacts')",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(Error::sql("look for the bundle tables"))?;
+    if !has_bundles {
+        return Ok(Vec::new());
+    }
+    let mut stmt = conn
+        .prepare(
+            "SELECT a.digest, a.kind || ' ' || a.name || ' ' || a.version || ' of bundle ' || i.name || ' ' || i.version
+             FROM bundle_artifacts a JOIN bundle_imports i ON i.id = a.import_id
+             WHERE a.location NOT LIKE 'registry:%' ORDER BY a.digest, 2",
+        )
+        .map_err(Error::sql("list bundle file artifacts"))?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok(FileReference {
+                digest: r.get(0)?,
+                what: r.get(1)?,
+            })
+        })
+        .map_err(Error::sql("list bundle file artifacts"))?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(Error::sql("list bundle file artifacts"))?;
+    Ok(rows)
 }
 
 fn check_file(conn: &Connection) -> Result<()> {

@@ -26,7 +26,7 @@ mod users;
 
 pub use audit::{AuditEntry, AuditFilter, AuditRecord, ChainReport};
 pub use auth::{LoginCandidate, LoginOutcome, SessionInfo, SESSION_TTL};
-pub use backup::{backup_to, referenced_blobs, restore_from};
+pub use backup::{backup_to, referenced_blobs, referenced_files, restore_from, FileReference};
 pub use broker_certs::BrokerCertificate;
 pub use bundles::{BundleImport, ImportArtifact, ImportRepository, ImportedBundle, TrustedKey};
 pub use clusters::ClusterFilter;

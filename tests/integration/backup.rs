@@ -169,7 +169,10 @@ async fn backup_while_running_then_restore_brings_deleted_images_back_byte_ident
 
     let (code, out, err) = cli(&["admin", "backup", "--data-dir", data, backup_arg]);
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("4 registry blob(s)"), "{out}");
+    assert!(
+        out.contains("4 registry blob(s)") && out.contains("0 bundle file(s)"),
+        "{out}"
+    );
     let entries = entries_of(&backup);
     for digest in before.iter().map(|(d, _)| d).chain([&big_digest]) {
         assert!(
@@ -178,7 +181,15 @@ async fn backup_while_running_then_restore_brings_deleted_images_back_byte_ident
         );
     }
     assert!(!entries.contains(&blob_entry(&loose)), "{entries:?}");
-    assert_eq!(entries.len(), 4 + 4, "database, 3 key files, 4 blobs");
+    assert_eq!(
+        entries[..2],
+        ["backup.json".to_string(), "backup.json.sha256".to_string()]
+    );
+    assert_eq!(
+        entries.len(),
+        2 + 4 + 4,
+        "manifest and its sum, database, 3 key files, 4 blobs"
+    );
 
     // The site loses the images: deleted through the API, then their files go (what the
     // collector does with blobs nothing references).
@@ -197,7 +208,7 @@ async fn backup_while_running_then_restore_brings_deleted_images_back_byte_ident
     let (code, out, err) = cli(&["admin", "restore", "--data-dir", data, backup_arg]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(
-        out.contains("registry: 4 blob(s)") && out.contains("restored"),
+        out.contains("4 registry blob(s)") && out.contains("restored"),
         "{out}"
     );
     let kept = std::fs::read_dir(&dir)
@@ -345,12 +356,14 @@ async fn restore_of_a_backup_without_blobs_keeps_the_current_blob_store() {
     ]);
     assert_eq!(code, 0, "{out}{err}");
     app.stop();
-    // What a backup made before blobs were included looks like.
+    // What a backup made before blobs (and the manifest) were included looks like.
     let older = tmp.path().join("older.backup");
     rewrite_backup(
         &backup,
         &older,
-        |name, content| (!name.starts_with("registry/")).then_some(content),
+        |name, content| {
+            (!name.starts_with("registry/") && !name.starts_with("backup.json")).then_some(content)
+        },
         &[],
     );
     let blobs_before = files_under(&dir.join("registry/blobs"));
@@ -365,7 +378,7 @@ async fn restore_of_a_backup_without_blobs_keeps_the_current_blob_store() {
     ]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(
-        out.contains("holds no registry blobs") && out.contains("kept in place"),
+        out.contains("holds no registry blob(s)") && out.contains("kept in place"),
         "{out}"
     );
     assert!(!out.contains("warning"), "every blob is present: {out}");
@@ -438,4 +451,202 @@ async fn check_and_backup_name_missing_and_corrupt_blobs() {
     assert_eq!(code, 1, "{out}{err}");
     assert!(err.contains(&layer) && err.contains("shared/app"), "{err}");
     assert!(!backup.exists() && !backup.with_extension("partial").exists());
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// A data directory (with an `admin` account) that imported, offline, a signed bundle holding
+/// the sample metrics-server pack and a `file` artifact. Returns the artifact's content.
+fn data_dir_with_imported_bundle(work: &Path, data: &Path) -> Vec<u8> {
+    let key = work.join("signing.pem");
+    let (code, _, err) = cli(&["bundle", "keygen", "-o", s(&key)]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run_cli(
+        &[
+            "admin",
+            "create-user",
+            "--data-dir",
+            s(data),
+            "--password-stdin",
+            "admin",
+        ],
+        Some(&format!("{PASSWORD}\n")),
+    );
+    assert_eq!(code, 0, "{err}");
+    let public = work.join("signing.pem.pub");
+    let (code, _, err) = cli(&["bundle", "trust", "add", s(&public), "--data-dir", s(data)]);
+    assert_eq!(code, 0, "{err}");
+    // Larger than the copy buffers, so it crosses many reads on both sides.
+    let content: Vec<u8> = (0..(2 << 20) + 5u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    std::fs::write(work.join("tools.tar"), &content).expect("file");
+    let pack = Path::new(env!("CARGO_MANIFEST_DIR")).join("bundles/packs/metrics-server");
+    let recipe = work.join("recipe.toml");
+    std::fs::write(
+        &recipe,
+        format!(
+            r#"[bundle]
+name = "site-tools"
+version = "1.0.0"
+[[pack]]
+path = "{}"
+[[file]]
+path = "tools.tar"
+name = "tools"
+version = "1"
+kind = "file"
+"#,
+            s(&pack)
+        ),
+    )
+    .expect("recipe");
+    let bundle = work.join("site-tools.bundle");
+    let (code, out, err) = cli(&[
+        "bundle",
+        "build",
+        s(&recipe),
+        "--key",
+        s(&key),
+        "-o",
+        s(&bundle),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = cli(&["bundle", "import", "--data-dir", s(data), s(&bundle)]);
+    assert_eq!(code, 0, "{out}{err}");
+    content
+}
+
+/// The file of bundle artifact `content` in data directory `dir`.
+fn artifact_file(dir: &Path, content: &[u8]) -> PathBuf {
+    let hex = sha256(content)["sha256:".len()..].to_string();
+    dir.join("artifacts/sha256").join(&hex[..2]).join(hex)
+}
+
+/// The one tag of `repo`.
+async fn only_tag(api: &Api, repo: &str) -> String {
+    let r = plain(api, Method::GET, &format!("/v2/{repo}/tags/list")).await;
+    assert_eq!(r.status, StatusCode::OK, "tags: {}", r.describe());
+    let tags = r.json()["tags"].as_array().expect("tags").clone();
+    assert_eq!(tags.len(), 1, "{tags:?}");
+    tags[0].as_str().expect("tag").to_string()
+}
+
+/// Copy `from` to `to` with one byte of entry `name`'s content changed (in place: the tar
+/// headers and every other byte stay as they are).
+fn flip_one_byte(from: &Path, to: &Path, name: &str) {
+    let mut archive = tar::Archive::new(std::fs::File::open(from).expect("open backup"));
+    let (position, size) = archive
+        .entries()
+        .expect("entries")
+        .map(|e| e.expect("entry"))
+        .find(|e| e.path().expect("path").to_string_lossy() == name)
+        .map(|e| (e.raw_file_position(), e.size()))
+        .unwrap_or_else(|| panic!("{name} is not in the backup"));
+    let mut bytes = std::fs::read(from).expect("read backup");
+    let at = usize::try_from(position + size / 2).expect("offset");
+    bytes[at] ^= 0x01;
+    std::fs::write(to, bytes).expect("write copy");
+}
+
+#[tokio::test]
+async fn backup_and_restore_bring_bundle_artifacts_and_packs_back_onto_a_wiped_machine() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("data");
+    let data = s(&dir);
+    let content = data_dir_with_imported_bundle(tmp.path(), &dir);
+    let artifact = artifact_file(&dir, &content);
+    assert!(artifact.exists(), "the import placed the file artifact");
+    let backup = tmp.path().join("site.backup");
+    let mut app = TestApp::start_in(&dir, &[]);
+    let admin = app.login_token("admin", PASSWORD).await;
+    let repo = "shared/packs/metrics-server";
+    let tag = only_tag(&admin, repo).await;
+    let before = pull_image(&admin, repo, &tag).await;
+
+    // While the appliance runs.
+    let (code, out, err) = cli(&["admin", "backup", "--data-dir", data, s(&backup)]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("1 bundle file(s)"), "{out}");
+    assert!(out.contains("not included: the broker's log"), "{out}");
+    let entries = entries_of(&backup);
+    let artifact_entry = artifact
+        .strip_prefix(&dir)
+        .expect("under the data dir")
+        .to_string_lossy()
+        .into_owned();
+    assert!(entries.contains(&artifact_entry), "{entries:?}");
+    for (digest, _) in &before {
+        assert!(entries.contains(&blob_entry(digest)), "{digest}");
+    }
+    app.stop();
+
+    // The machine is lost: nothing of the data directory is left.
+    std::fs::remove_dir_all(&dir).expect("wipe");
+    let (code, out, err) = cli(&["admin", "restore", "--data-dir", data, s(&backup)]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("1 bundle file(s)") && out.contains("registry blob(s)"),
+        "{out}"
+    );
+    assert_eq!(
+        sha256(&std::fs::read(&artifact).expect("artifact restored")),
+        sha256(&content)
+    );
+    let (code, out, err) = cli(&["admin", "check", "--deep", "--data-dir", data]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("1 file(s) present"), "{out}");
+
+    let app = TestApp::start_in(&dir, &[]);
+    let admin = app.login_token("admin", PASSWORD).await;
+    assert_eq!(only_tag(&admin, repo).await, tag);
+    let after = pull_image(&admin, repo, &tag).await;
+    assert!(after == before, "the pack is not served byte-identical");
+    for (digest, bytes) in &after {
+        assert_eq!(&sha256(bytes), digest, "served under its own digest");
+    }
+}
+
+#[tokio::test]
+async fn restore_refuses_a_backup_with_one_byte_changed_anywhere_and_changes_nothing() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("data");
+    let data = s(&dir);
+    let content = data_dir_with_imported_bundle(tmp.path(), &dir);
+    // The appliance's first start makes its CA, which every backup holds.
+    TestApp::start_in(&dir, &[]).stop();
+    let backup = tmp.path().join("site.backup");
+    let (code, out, err) = cli(&["admin", "backup", "--data-dir", data, s(&backup)]);
+    assert_eq!(code, 0, "{out}{err}");
+    let artifact_entry = artifact_file(Path::new(""), &content)
+        .to_string_lossy()
+        .into_owned();
+    let unchanged = tree(&dir);
+    for (entry, says) in [
+        (artifact_entry.as_str(), "is corrupt"),
+        ("state.db", "state.db is corrupt"),
+        ("secret.key", "secret.key is corrupt"),
+        ("pki/ca.key", "pki/ca.key is corrupt"),
+        ("backup.json", "backup.json"),
+        ("backup.json.sha256", "backup.json is damaged"),
+    ] {
+        let damaged = tmp.path().join("damaged.backup");
+        flip_one_byte(&backup, &damaged, entry);
+        let (code, out, err) = cli(&["admin", "restore", "--data-dir", data, s(&damaged)]);
+        assert_eq!(code, 1, "{entry}: {out}{err}");
+        assert!(
+            err.contains(says) && err.contains("nothing was changed"),
+            "{entry}: {err}"
+        );
+        assert!(err.contains(s(&damaged)), "the archive is named: {err}");
+        assert!(
+            tree(&dir) == unchanged,
+            "{entry}: the data directory changed"
+        );
+    }
+    // The intact backup restores.
+    let (code, out, err) = cli(&["admin", "restore", "--data-dir", data, s(&backup)]);
+    assert_eq!(code, 0, "{out}{err}");
 }

@@ -1673,3 +1673,239 @@ digest = "{manifest}"
         "nothing written for a refused build"
     );
 }
+
+/// Append `bytes` at `offset` to upload session `id`.
+async fn upload_chunk(
+    api: &crate::support::Api,
+    id: &str,
+    offset: u64,
+    bytes: &[u8],
+) -> crate::support::Res {
+    crate::support::call(
+        api,
+        Method::PATCH,
+        &format!("/v1/bundle-uploads/{id}"),
+        &[
+            ("content-type", "application/octet-stream"),
+            ("upload-offset", &offset.to_string()),
+        ],
+        Some(bytes.to_vec()),
+    )
+    .await
+}
+
+/// Wait (at most 15 s) until `path` no longer exists.
+fn wait_until_gone(path: &Path) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if !path.exists() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    !path.exists()
+}
+
+/// The audit entries of the appliance, newest first.
+async fn audit_entries(api: &crate::support::Api) -> Vec<Value> {
+    let (status, entries) = api.get("/v1/audit?limit=1000").await;
+    assert_eq!(status, 200, "{entries}");
+    entries.as_array().expect("entries").clone()
+}
+
+#[tokio::test]
+async fn idle_upload_sessions_expire_at_start_and_periodically_and_requests_on_them_say_start_again(
+) {
+    let kit = Kit::new();
+    let uploads = kit.data.join("staging/uploads");
+    std::fs::create_dir_all(&uploads).expect("mkdir");
+    // Left by an appliance that stopped two days ago: idle for longer than the default 24 h.
+    let old = "6f1c2b7a-4e1d-4c55-9b1e-2a9f4c1d0e11";
+    let recent = "0d9e8f7a-1b2c-4d3e-8f4a-5b6c7d8e9f00";
+    for (id, idle) in [(old, 48 * 3600), (recent, 3600)] {
+        let mut f = std::fs::File::create(uploads.join(id)).expect("session file");
+        f.write_all(b"partial bundle").expect("write");
+        f.set_modified(std::time::SystemTime::now() - Duration::from_secs(idle))
+            .expect("mtime");
+    }
+    let mut app = TestApp::start_in(&kit.data, &[]);
+    let admin = app.login_token("admin", PASSWORD).await;
+    assert!(
+        wait_until_gone(&uploads.join(old)),
+        "swept at start: {:?}",
+        std::fs::read_dir(&uploads).map(|d| d.count())
+    );
+    let (status, body) = admin.get(&format!("/v1/bundle-uploads/{old}")).await;
+    assert_eq!(status, 410, "{body}");
+    assert_eq!(body["type"], "/problems/gone", "{body}");
+    let detail = body["detail"].as_str().expect("detail");
+    assert!(
+        detail.contains("expired after 24h")
+            && detail.contains("start again with POST /v1/bundle-uploads"),
+        "{detail}"
+    );
+    let (status, body) = admin.get(&format!("/v1/bundle-uploads/{recent}")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["offset"], 14, "an active session is kept");
+    app.stop();
+
+    // With a short expiry: a session that gets no chunk expires while the appliance runs.
+    let app = TestApp::start_in(&kit.data, &["--bundle-upload-expiry", "2s"]);
+    let admin = app.login_token("admin", PASSWORD).await;
+    let (status, created) = admin.post("/v1/bundle-uploads", json!({})).await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().expect("id").to_string();
+    let r = upload_chunk(&admin, &id, 0, b"first chunk").await;
+    assert_eq!(r.status, 204, "{}", r.describe());
+    let file = uploads.join(&id);
+    assert!(file.exists());
+    // Two seconds idle: refused at once, whether or not the sweeper has run yet.
+    std::thread::sleep(Duration::from_millis(2100));
+    let r = upload_chunk(&admin, &id, 11, b"second chunk").await;
+    assert_eq!(r.status, 410, "{}", r.describe());
+    assert!(
+        String::from_utf8_lossy(&r.body).contains("start again"),
+        "{}",
+        r.describe()
+    );
+    assert!(
+        wait_until_gone(&file),
+        "the sweeper removes the partial file"
+    );
+    for (method, path) in [
+        (Method::GET, format!("/v1/bundle-uploads/{id}")),
+        (Method::DELETE, format!("/v1/bundle-uploads/{id}")),
+        (Method::POST, format!("/v1/bundle-uploads/{id}/import")),
+    ] {
+        let body = (method == Method::POST).then(|| json!({}));
+        let r = admin.send(method.clone(), &path, body, &[]).await;
+        assert_eq!(r.status, 410, "{method} {path}: {}", r.text);
+    }
+    let entries = audit_entries(&admin).await;
+    for session in [old, recent, id.as_str()] {
+        assert!(
+            entries.iter().any(|e| e["action"] == "expire bundle upload"
+                && e["actor"] == "palisade"
+                && e["object"] == format!("/v1/bundle-uploads/{session}")),
+            "expiry of {session} not audited"
+        );
+    }
+    let (code, _, err) = run_cli(
+        &[
+            "serve",
+            "--data-dir",
+            s(&kit.path("other")),
+            "--bundle-upload-expiry",
+            "0h",
+        ],
+        None,
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("longer than zero"), "{err}");
+}
+
+#[tokio::test]
+async fn an_upload_audits_its_start_import_and_abort_and_refused_chunks_but_not_accepted_chunks() {
+    let kit = Kit::new();
+    let work = kit.path("src");
+    let image = Image::new(77, 100_000);
+    image.write_layout(&work.join("img"));
+    let recipe = write_recipe(
+        &work,
+        "[bundle]\nname = \"audited\"\nversion = \"1.0.0\"\n[[layout]]\npath = \"img\"\nkind = \"container-image\"\nname = \"audit/demo\"\nversion = \"1\"\n",
+    );
+    let out = kit.path("audited.bundle");
+    let (code, _, err) = cli(&[
+        "bundle",
+        "build",
+        s(&recipe),
+        "--key",
+        s(&kit.key),
+        "-o",
+        s(&out),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let bytes = std::fs::read(&out).expect("bundle");
+    let app = TestApp::start_in(&kit.data, &[]);
+    let admin = app.login_token("admin", PASSWORD).await;
+    let stranger = admin
+        .create(
+            "/v1/users",
+            json!({"username": "viewer", "password": PASSWORD, "tenant_id": null}),
+        )
+        .await;
+    assert_eq!(stranger["username"], "viewer");
+    let viewer = app.login_token("viewer", PASSWORD).await;
+
+    let (_, created) = admin.post("/v1/bundle-uploads", json!({})).await;
+    let id = created["id"].as_str().expect("id").to_string();
+    let chunks: Vec<&[u8]> = bytes.chunks(bytes.len() / 4 + 1).collect();
+    assert_eq!(chunks.len(), 4);
+    let mut offset = 0u64;
+    for c in &chunks {
+        let r = upload_chunk(&admin, &id, offset, c).await;
+        assert_eq!(r.status, 204, "{}", r.describe());
+        offset += c.len() as u64;
+    }
+    // A chunk refused to someone who is not a system admin is recorded.
+    let r = upload_chunk(&viewer, &id, offset, b"intruder").await;
+    assert_eq!(r.status, 403, "{}", r.describe());
+    let (status, body) = admin
+        .post(&format!("/v1/bundle-uploads/{id}/import"), json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (_, created) = admin.post("/v1/bundle-uploads", json!({})).await;
+    let aborted = created["id"].as_str().expect("id").to_string();
+    for (i, c) in chunks[..2].iter().enumerate() {
+        let at = if i == 0 { 0 } else { chunks[0].len() as u64 };
+        let r = upload_chunk(&admin, &aborted, at, c).await;
+        assert_eq!(r.status, 204, "{}", r.describe());
+    }
+    let r = admin
+        .send(
+            Method::DELETE,
+            &format!("/v1/bundle-uploads/{aborted}"),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+
+    let entries = audit_entries(&admin).await;
+    let of = |action: &str| -> Vec<&Value> {
+        entries.iter().filter(|e| e["action"] == action).collect()
+    };
+    let started = of("POST /v1/bundle-uploads");
+    assert_eq!(started.len(), 2, "{started:?}");
+    for session in [&id, &aborted] {
+        assert!(
+            started.iter().any(|e| e["object"]
+                .as_str()
+                .is_some_and(|o| o.ends_with(&format!("-> {session}")))),
+            "the start names the session {session}: {started:?}"
+        );
+    }
+    let chunks_audited = of("PATCH /v1/bundle-uploads/{id}");
+    assert_eq!(
+        chunks_audited.len(),
+        1,
+        "only the refused chunk: {chunks_audited:?}"
+    );
+    assert_eq!(chunks_audited[0]["actor"], "viewer");
+    assert!(chunks_audited[0]["outcome"]
+        .as_str()
+        .is_some_and(|o| o.starts_with("denied 403")));
+    let imports = of("POST /v1/bundle-uploads/{id}/import");
+    assert_eq!(imports.len(), 1);
+    assert!(imports[0]["outcome"]
+        .as_str()
+        .is_some_and(|o| o.starts_with("success")));
+    assert_eq!(of("DELETE /v1/bundle-uploads/{id}").len(), 1);
+    assert!(
+        entries.iter().any(|e| e["action"] == "bundle import"
+            && e["object"]
+                .as_str()
+                .is_some_and(|o| o.starts_with("audited 1.0.0"))),
+        "the import's own entry"
+    );
+}
