@@ -105,10 +105,26 @@ pub async fn reconcile(ctx: &Context, cluster_id: &str) -> Result<Outcome, Failu
         ctx.store.finish_cluster_deletion(cluster_id).await?;
         return Ok(Outcome::Idle);
     }
-    let provider = connect(ctx, &account).await?;
     if progress.deleting {
-        return tear_down(ctx, &cluster, provider.as_ref(), records).await;
+        // Deletion is retried whatever the error: the user may fix the account meanwhile,
+        // and the cluster says what blocks it.
+        let result = match connect(ctx, &account).await {
+            Ok(provider) => tear_down(ctx, &cluster, provider.as_ref(), records).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = &result {
+            let message = format!(
+                "machines cannot be removed yet: {e} (retrying; fix the cloud account if the error says so)"
+            );
+            let conditions = vec![condition("Deleted", "False", "Blocked", &message)];
+            ctx.store
+                .set_cluster_status(cluster_id, ClusterStatus::Deleting, conditions, None)
+                .await?;
+            return Err(Failure::Transient(e.to_string()));
+        }
+        return result;
     }
+    let provider = connect(ctx, &account).await?;
     let result = converge(ctx, &cluster, &account, provider.as_ref(), records).await;
     match &result {
         Err(Failure::Permanent(reason)) => {
@@ -299,19 +315,16 @@ async fn converge(
         let record = by_name.get(w.name.as_str());
         match (record, observed.get(&w.name)) {
             (_, Some(m)) => {
-                ctx.store
-                    .update_machine(&cluster.id, &w.name, observed_update(m))
-                    .await?;
                 if record.is_none() {
                     // Found on the infrastructure without a record (the record was lost):
                     // adopt it rather than create a twin.
                     ctx.store
                         .reserve_machine(new_machine(cluster, w), None)
                         .await?;
-                    ctx.store
-                        .update_machine(&cluster.id, &w.name, observed_update(m))
-                        .await?;
                 }
+                ctx.store
+                    .update_machine(&cluster.id, &w.name, observed_update(m))
+                    .await?;
             }
             (None, None) => to_create.push(w),
             (Some(r), None) => match r.phase {
