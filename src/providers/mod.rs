@@ -75,15 +75,13 @@ pub fn connect(account: &Account, ctx: &Context) -> Result<Box<dyn Provider>, Pr
     let _ = ctx;
     match account.kind {
         CloudKind::Vsphere => Ok(Box::new(vsphere::VsphereProvider::new(account)?)),
-        CloudKind::Openstack | CloudKind::Baremetal => {
-            Err(ProviderError::invalid(
-                "kind",
-                format!(
-                    "the {} provider is not available in this build",
-                    account.kind.as_str()
-                ),
-            ))
-        }
+        CloudKind::Openstack | CloudKind::Baremetal => Err(ProviderError::invalid(
+            "kind",
+            format!(
+                "the {} provider is not available in this build",
+                account.kind.as_str()
+            ),
+        )),
     }
 }
 

@@ -1,6 +1,7 @@
 //! Integration tests: the real `palisade` executable on loopback, real HTTPS clients.
 
 mod support;
+mod tls_front;
 
 mod admin_cli;
 mod api_errors;

@@ -28,9 +28,18 @@ pub fn entries(spec: &MachineSpec) -> Result<Vec<(String, String)>, ProviderErro
     let metadata = metadata(&spec.bootstrap.meta_data, &spec.name, network.as_deref());
     let mut out = vec![
         ("guestinfo.metadata".to_string(), encode(&metadata)?),
-        ("guestinfo.metadata.encoding".to_string(), ENCODING.to_string()),
-        ("guestinfo.userdata".to_string(), encode(&spec.bootstrap.user_data)?),
-        ("guestinfo.userdata.encoding".to_string(), ENCODING.to_string()),
+        (
+            "guestinfo.metadata.encoding".to_string(),
+            ENCODING.to_string(),
+        ),
+        (
+            "guestinfo.userdata".to_string(),
+            encode(&spec.bootstrap.user_data)?,
+        ),
+        (
+            "guestinfo.userdata.encoding".to_string(),
+            ENCODING.to_string(),
+        ),
     ];
     if let Some(ip) = &spec.static_ip {
         out.push((ADDRESS_KEY.to_string(), ip.address.clone()));
@@ -141,9 +150,15 @@ mod tests {
     fn dhcp_machines_get_metadata_and_userdata_only() {
         let e = entries(&spec(None, None)).expect("entries");
         assert_eq!(e.len(), 4);
-        let md = decode(get(&e, "guestinfo.metadata"), get(&e, "guestinfo.metadata.encoding"))
-            .expect("metadata");
-        assert_eq!(md, "instance-id: c1-cp-0-abc123\nlocal-hostname: c1-cp-0-abc123\n");
+        let md = decode(
+            get(&e, "guestinfo.metadata"),
+            get(&e, "guestinfo.metadata.encoding"),
+        )
+        .expect("metadata");
+        assert_eq!(
+            md,
+            "instance-id: c1-cp-0-abc123\nlocal-hostname: c1-cp-0-abc123\n"
+        );
         let ud = decode(get(&e, "guestinfo.userdata"), "gzip+base64").expect("userdata");
         assert!(ud.starts_with("#cloud-config"));
     }
@@ -170,14 +185,24 @@ mod tests {
         assert_eq!(v["ethernets"]["nic0"]["routes"][0]["via"], "10.20.0.1");
 
         // The orchestrator's own network config wins over the rendered one.
-        let e = entries(&spec(Some(ip), Some("version: 2\nethernets: {}\n".into()))).expect("entries");
+        let e =
+            entries(&spec(Some(ip), Some("version: 2\nethernets: {}\n".into()))).expect("entries");
         let md = decode(get(&e, "guestinfo.metadata"), "gzip+base64").expect("metadata");
-        let net_line = md.lines().find_map(|l| l.strip_prefix("network: ")).expect("line");
-        assert_eq!(decode(net_line, "base64").as_deref(), Some("version: 2\nethernets: {}\n"));
+        let net_line = md
+            .lines()
+            .find_map(|l| l.strip_prefix("network: "))
+            .expect("line");
+        assert_eq!(
+            decode(net_line, "base64").as_deref(),
+            Some("version: 2\nethernets: {}\n")
+        );
     }
 
     #[test]
     fn adds_the_hostname_when_meta_data_lacks_it() {
-        assert_eq!(metadata("instance-id: x", "host-1", None), "instance-id: x\nlocal-hostname: host-1\n");
+        assert_eq!(
+            metadata("instance-id: x", "host-1", None),
+            "instance-id: x\nlocal-hostname: host-1\n"
+        );
     }
 }

@@ -99,7 +99,10 @@ enum NetBacking {
     /// A standard port group.
     Standard { name: String, network: MoRef },
     /// A distributed port group.
-    Distributed { switch_uuid: String, portgroup: String },
+    Distributed {
+        switch_uuid: String,
+        portgroup: String,
+    },
 }
 
 impl NetBacking {
@@ -202,7 +205,9 @@ fn check_name(what: &str, name: &str) -> Result<(), ProviderError> {
     } else {
         Err(ProviderError::invalid(
             what,
-            format!("{name:?} must be 1 to 80 characters without '/', '\\', '%' or control characters"),
+            format!(
+                "{name:?} must be 1 to 80 characters without '/', '\\', '%' or control characters"
+            ),
         ))
     }
 }
@@ -295,11 +300,19 @@ impl VsphereProvider {
             Some(m) if m.kind == "Datacenter" => m,
             _ => {
                 let names = self.names(&content.root_folder, "Datacenter").await?;
-                return Err(not_found("datacenter", &p.datacenter, "in the inventory", &names));
+                return Err(not_found(
+                    "datacenter",
+                    &p.datacenter,
+                    "in the inventory",
+                    &names,
+                ));
             }
         };
         let dc = c
-            .retrieve_one(&datacenter, &["vmFolder", "hostFolder", "datastore", "network"])
+            .retrieve_one(
+                &datacenter,
+                &["vmFolder", "hostFolder", "datastore", "network"],
+            )
             .await?
             .ok_or_else(|| ProviderError::transient("the datacenter vanished; retry"))?;
         let vm_folder = dc
@@ -329,7 +342,9 @@ impl VsphereProvider {
             }
             _ => {
                 let names = match &p.compute {
-                    Compute::Cluster(_) => self.names(&host_folder, "ClusterComputeResource").await?,
+                    Compute::Cluster(_) => {
+                        self.names(&host_folder, "ClusterComputeResource").await?
+                    }
                     Compute::Host(_) => self.names(&host_folder, "HostSystem").await?,
                 };
                 return Err(not_found(key, value, &in_dc, &names));
@@ -351,12 +366,20 @@ impl VsphereProvider {
                 Some(m) if m.kind == "ResourcePool" || m.kind == "VirtualApp" => m,
                 _ => {
                     let names = self.names(&root_pool, "ResourcePool").await?;
-                    return Err(not_found("resource_pool", rp, &format!("in {key} {value}"), &names));
+                    return Err(not_found(
+                        "resource_pool",
+                        rp,
+                        &format!("in {key} {value}"),
+                        &names,
+                    ));
                 }
             },
         };
 
-        let datastore = match c.find_by_path(&self.dc_path("datastore", &p.datastore)).await? {
+        let datastore = match c
+            .find_by_path(&self.dc_path("datastore", &p.datastore))
+            .await?
+        {
             Some(m) if m.kind == "Datastore" => m,
             _ => {
                 let mut names: Vec<String> = c
@@ -448,9 +471,17 @@ impl VsphereProvider {
 
     /// The base folder; created when it is the default and missing. `None` only when
     /// `create` is false and it does not exist.
-    async fn base_folder(&self, r: &Resolved, create: bool) -> Result<Option<MoRef>, ProviderError> {
+    async fn base_folder(
+        &self,
+        r: &Resolved,
+        create: bool,
+    ) -> Result<Option<MoRef>, ProviderError> {
         let p = &self.placement;
-        if let Some(f) = self.client.find_by_path(&self.dc_path("vm", &p.folder)).await? {
+        if let Some(f) = self
+            .client
+            .find_by_path(&self.dc_path("vm", &p.folder))
+            .await?
+        {
             if f.kind != "Folder" {
                 return Err(ProviderError::invalid(
                     "folder",
@@ -490,11 +521,11 @@ impl VsphereProvider {
                 .child("returnval")
                 .and_then(MoRef::from_el)
                 .ok_or_else(|| soap::protocol("CreateFolder answered without a folder")),
-            Err(e) if e.fault("DuplicateName").is_some() => self
-                .client
-                .find_child(parent, name)
-                .await?
-                .ok_or_else(|| ProviderError::transient(format!("folder {name} is being created; retry"))),
+            Err(e) if e.fault("DuplicateName").is_some() => {
+                self.client.find_child(parent, name).await?.ok_or_else(|| {
+                    ProviderError::transient(format!("folder {name} is being created; retry"))
+                })
+            }
             Err(e) => Err(e.into_error(&format!("create folder {name}"))),
         }
     }
@@ -589,10 +620,19 @@ impl VsphereProvider {
 
     /// Build a [`Machine`] from its properties; `folder_cluster` is the cluster id of the
     /// folder it was found in, used when the attribute is missing.
-    fn to_machine(&self, obj: &ObjectContent, fields: Option<FieldKeys>, folder_cluster: &str) -> Machine {
+    fn to_machine(
+        &self,
+        obj: &ObjectContent,
+        fields: Option<FieldKeys>,
+        folder_cluster: &str,
+    ) -> Machine {
         let values = Self::custom_values(obj);
-        let tag = |k: Option<i32>| k.and_then(|k| values.get(&k).cloned()).filter(|v| !v.is_empty());
-        let cluster_id = tag(fields.map(|f| f.cluster)).unwrap_or_else(|| folder_cluster.to_string());
+        let tag = |k: Option<i32>| {
+            k.and_then(|k| values.get(&k).cloned())
+                .filter(|v| !v.is_empty())
+        };
+        let cluster_id =
+            tag(fields.map(|f| f.cluster)).unwrap_or_else(|| folder_cluster.to_string());
         let pool = tag(fields.map(|f| f.pool)).unwrap_or_default();
         let connection = obj.text("runtime.connectionState").unwrap_or("connected");
         let state = match (connection, obj.text("runtime.powerState")) {
@@ -608,7 +648,10 @@ impl VsphereProvider {
             for nic in &net.children {
                 for ip in nic.children_named("ipAddress") {
                     let ip = ip.text.trim();
-                    if !ip.is_empty() && !ip.starts_with("fe80:") && !addresses.iter().any(|a| a == ip) {
+                    if !ip.is_empty()
+                        && !ip.starts_with("fe80:")
+                        && !addresses.iter().any(|a| a == ip)
+                    {
                         addresses.push(ip.to_string());
                     }
                 }
@@ -677,8 +720,16 @@ impl VsphereProvider {
     }
 
     /// Find a template or VM by inventory path, or by name anywhere in the datacenter.
-    async fn find_vm(&self, r: &Resolved, path_or_name: &str) -> Result<Option<MoRef>, ProviderError> {
-        if let Some(m) = self.client.find_by_path(&self.dc_path("vm", path_or_name)).await? {
+    async fn find_vm(
+        &self,
+        r: &Resolved,
+        path_or_name: &str,
+    ) -> Result<Option<MoRef>, ProviderError> {
+        if let Some(m) = self
+            .client
+            .find_by_path(&self.dc_path("vm", path_or_name))
+            .await?
+        {
             if m.kind == "VirtualMachine" {
                 return Ok(Some(m));
             }
@@ -686,7 +737,10 @@ impl VsphereProvider {
         if path_or_name.contains('/') {
             return Ok(None);
         }
-        let all = self.client.list(&r.vm_folder, "VirtualMachine", &["name"]).await?;
+        let all = self
+            .client
+            .list(&r.vm_folder, "VirtualMachine", &["name"])
+            .await?;
         Ok(all
             .into_iter()
             .find(|o| o.text("name") == Some(path_or_name))
@@ -719,7 +773,10 @@ impl VsphereProvider {
 
         let mut changes = String::new();
         let want_kb = u64::from(spec.size.disk_gib) * 1024 * 1024;
-        if let Some(disk) = devices.iter().find(|d| d.xsi_type.as_deref() == Some("VirtualDisk")) {
+        if let Some(disk) = devices
+            .iter()
+            .find(|d| d.xsi_type.as_deref() == Some("VirtualDisk"))
+        {
             let have_kb: u64 = disk
                 .child_text("capacityInKB")
                 .and_then(|v| v.trim().parse().ok())
@@ -737,17 +794,22 @@ impl VsphereProvider {
             }
         }
         let backing = r.backing.element()?;
-        match devices
-            .iter()
-            .find(|d| d.xsi_type.as_deref().is_some_and(|t| NIC_TYPES.contains(&t)))
-        {
+        match devices.iter().find(|d| {
+            d.xsi_type
+                .as_deref()
+                .is_some_and(|t| NIC_TYPES.contains(&t))
+        }) {
             Some(nic) => {
                 let mut n = nic.clone();
                 match n.children.iter().position(|c| c.name == "backing") {
                     Some(i) => n.children[i] = backing,
                     // backing comes right after key and deviceInfo
                     None => {
-                        let at = n.children.iter().position(|c| c.name != "key" && c.name != "deviceInfo").unwrap_or(n.children.len());
+                        let at = n
+                            .children
+                            .iter()
+                            .position(|c| c.name != "key" && c.name != "deviceInfo")
+                            .unwrap_or(n.children.len());
                         n.children.insert(at, backing);
                     }
                 }
@@ -798,7 +860,10 @@ impl VsphereProvider {
             changes = changes,
             extra = extra,
         );
-        match self.vm_task(&template, "CloneVM_Task", &params, LONG_TASK).await {
+        match self
+            .vm_task(&template, "CloneVM_Task", &params, LONG_TASK)
+            .await
+        {
             Ok(Some(result)) => MoRef::from_el(&result)
                 .ok_or_else(|| soap::protocol("the clone task answered without a VM")),
             Ok(None) => Err(soap::protocol("the clone task answered without a VM")),
@@ -807,7 +872,9 @@ impl VsphereProvider {
                 .client
                 .find_child(folder, &spec.name)
                 .await?
-                .ok_or_else(|| ProviderError::transient(format!("{} is being created; retry", spec.name))),
+                .ok_or_else(|| {
+                    ProviderError::transient(format!("{} is being created; retry", spec.name))
+                }),
             Err(e) => Err(e.into_error(&format!(
                 "clone {} from template {} into datastore {}",
                 spec.name, spec.image.name, self.placement.datastore
@@ -816,23 +883,33 @@ impl VsphereProvider {
     }
 
     /// Bring an existing VM to the spec: size while off, attributes, power on.
-    async fn converge(&self, vm: &MoRef, spec: &MachineSpec, cluster_folder: &str) -> Result<Machine, ProviderError> {
+    async fn converge(
+        &self,
+        vm: &MoRef,
+        spec: &MachineSpec,
+        cluster_folder: &str,
+    ) -> Result<Machine, ProviderError> {
         let mut paths = MACHINE_PROPS.to_vec();
         paths.extend(["config.hardware.numCPU", "config.hardware.memoryMB"]);
-        let obj = self
-            .client
-            .retrieve_one(vm, &paths)
-            .await?
-            .ok_or_else(|| ProviderError::transient(format!("{} vanished while being created; retry", spec.name)))?;
+        let obj = self.client.retrieve_one(vm, &paths).await?.ok_or_else(|| {
+            ProviderError::transient(format!("{} vanished while being created; retry", spec.name))
+        })?;
         if obj.text("config.template") == Some("true") {
             return Err(ProviderError::invalid(
                 "name",
-                format!("{} names a template in the cluster's folder, not a machine", spec.name),
+                format!(
+                    "{} names a template in the cluster's folder, not a machine",
+                    spec.name
+                ),
             ));
         }
         let off = obj.text("runtime.powerState") != Some("poweredOn");
-        let cpus = obj.text("config.hardware.numCPU").and_then(|v| v.parse::<u32>().ok());
-        let mem = obj.text("config.hardware.memoryMB").and_then(|v| v.parse::<u32>().ok());
+        let cpus = obj
+            .text("config.hardware.numCPU")
+            .and_then(|v| v.parse::<u32>().ok());
+        let mem = obj
+            .text("config.hardware.memoryMB")
+            .and_then(|v| v.parse::<u32>().ok());
         if off && (cpus != Some(spec.size.cpus) || mem != Some(spec.size.memory_mib)) {
             // vcsim (and a half-done earlier attempt) may leave the template's size.
             let params = format!(
@@ -881,22 +958,30 @@ impl VsphereProvider {
     }
 
     /// Import an OVA into the base folder as template `name`; crash-safe (see module doc).
-    async fn import_image(&self, r: &Resolved, base: &MoRef, image: &OsImage) -> Result<MoRef, ProviderError> {
+    async fn import_image(
+        &self,
+        r: &Resolved,
+        base: &MoRef,
+        image: &OsImage,
+    ) -> Result<MoRef, ProviderError> {
         let temp_name = format!("{}{IMPORTING}", image.name);
         if let Some(stale) = self.client.find_child(base, &temp_name).await? {
             tracing::info!(vm = %stale, "vSphere: removing an interrupted image import");
             match self.vm_task(&stale, "Destroy_Task", "", SHORT_TASK).await {
                 Ok(_) => {}
                 Err(e) if e.fault("ManagedObjectNotFound").is_some() => {}
-                Err(e) => return Err(e.into_error(&format!("remove the interrupted import {temp_name}"))),
+                Err(e) => {
+                    return Err(e.into_error(&format!("remove the interrupted import {temp_name}")))
+                }
             }
         }
         let tmp;
         let path = match &image.location {
             ImageLocation::File(p) => p.clone(),
             ImageLocation::Url { url, ca_pem } => {
-                tmp = tempfile::tempdir()
-                    .map_err(|e| ProviderError::transient(format!("cannot make a temporary directory: {e}")))?;
+                tmp = tempfile::tempdir().map_err(|e| {
+                    ProviderError::transient(format!("cannot make a temporary directory: {e}"))
+                })?;
                 ovf::download(url, ca_pem, &image.sha256, tmp.path()).await?
             }
         };
@@ -907,14 +992,22 @@ impl VsphereProvider {
             network: &r.network,
         };
         let vm = ovf::import(&self.client, &self.upload, &path, &temp_name, target).await?;
-        let req = format!("<MarkAsTemplate xmlns=\"urn:vim25\">{}</MarkAsTemplate>", vm.this());
+        let req = format!(
+            "<MarkAsTemplate xmlns=\"urn:vim25\">{}</MarkAsTemplate>",
+            vm.this()
+        );
         self.client
             .call(&req)
             .await
             .map_err(|e| e.into_error(&format!("mark {temp_name} as a template")))?;
-        self.vm_task(&vm, "Rename_Task", &text_el("newName", &image.name), SHORT_TASK)
-            .await
-            .map_err(|e| e.into_error(&format!("rename {temp_name} to {}", image.name)))?;
+        self.vm_task(
+            &vm,
+            "Rename_Task",
+            &text_el("newName", &image.name),
+            SHORT_TASK,
+        )
+        .await
+        .map_err(|e| e.into_error(&format!("rename {temp_name} to {}", image.name)))?;
         Ok(vm)
     }
 
@@ -976,7 +1069,12 @@ impl Provider for VsphereProvider {
                         .filter(|o| o.text("config.template") == Some("true"))
                         .filter_map(|o| o.text("name").map(str::to_string))
                         .collect();
-                    return Err(not_found("template", t, &format!("in datacenter {}", p.datacenter), &templates));
+                    return Err(not_found(
+                        "template",
+                        t,
+                        &format!("in datacenter {}", p.datacenter),
+                        &templates,
+                    ));
                 }
             }
         }
@@ -989,8 +1087,12 @@ impl Provider for VsphereProvider {
             ));
         }
         match self.fields().await? {
-            Some(_) => checks.push("custom attributes palisade-cluster, palisade-pool, palisade-role ready".into()),
-            None => checks.push("no custom attributes on this endpoint: machines are found by folder only".into()),
+            Some(_) => checks.push(
+                "custom attributes palisade-cluster, palisade-pool, palisade-role ready".into(),
+            ),
+            None => checks.push(
+                "no custom attributes on this endpoint: machines are found by folder only".into(),
+            ),
         }
         Ok(AccountCheck {
             endpoint_product: content.full_name.clone(),
@@ -1003,7 +1105,11 @@ impl Provider for VsphereProvider {
         let content = c.content().await?.clone();
         let mut out = Vec::new();
         let dcs = c
-            .list(&content.root_folder, "Datacenter", &["name", "vmFolder", "hostFolder", "datastore", "network"])
+            .list(
+                &content.root_folder,
+                "Datacenter",
+                &["name", "vmFolder", "hostFolder", "datastore", "network"],
+            )
             .await?;
         let choice = |key: &str, value: &str, label: String| PlacementChoice {
             key: key.into(),
@@ -1017,7 +1123,10 @@ impl Provider for VsphereProvider {
                 continue; // the other keys are relative to the account's datacenter
             }
             if let Some(hf) = dc.moref("hostFolder") {
-                for cr in c.list(&hf, "ComputeResource", &["name", "summary.numHosts"]).await? {
+                for cr in c
+                    .list(&hf, "ComputeResource", &["name", "summary.numHosts"])
+                    .await?
+                {
                     let name = cr.text("name").unwrap_or_default();
                     let hosts = cr.text("summary.numHosts").unwrap_or("?");
                     if cr.obj.kind == "ClusterComputeResource" {
@@ -1028,19 +1137,33 @@ impl Provider for VsphereProvider {
                 }
             }
             let stores = c
-                .retrieve(&dc.morefs("datastore"), "Datastore", &["name", "summary.freeSpace", "summary.capacity"])
+                .retrieve(
+                    &dc.morefs("datastore"),
+                    "Datastore",
+                    &["name", "summary.freeSpace", "summary.capacity"],
+                )
                 .await?;
             for ds in stores {
                 let name = ds.text("name").unwrap_or_default();
-                let gib = |p: &str| ds.text(p).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) / (1 << 30);
+                let gib = |p: &str| {
+                    ds.text(p).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) / (1 << 30)
+                };
                 out.push(choice(
                     "datastore",
                     name,
-                    format!("{name} ({} GiB free of {} GiB)", gib("summary.freeSpace"), gib("summary.capacity")),
+                    format!(
+                        "{name} ({} GiB free of {} GiB)",
+                        gib("summary.freeSpace"),
+                        gib("summary.capacity")
+                    ),
                 ));
             }
             for kind in ["Network", "DistributedVirtualPortgroup"] {
-                let nets: Vec<MoRef> = dc.morefs("network").into_iter().filter(|m| m.kind == kind).collect();
+                let nets: Vec<MoRef> = dc
+                    .morefs("network")
+                    .into_iter()
+                    .filter(|m| m.kind == kind)
+                    .collect();
                 for n in c.retrieve(&nets, kind, &["name"]).await? {
                     let name = n.text("name").unwrap_or_default();
                     let label = if kind == "Network" {
@@ -1052,7 +1175,10 @@ impl Provider for VsphereProvider {
                 }
             }
             if let Some(vf) = dc.moref("vmFolder") {
-                for vm in c.list(&vf, "VirtualMachine", &["name", "config.template"]).await? {
+                for vm in c
+                    .list(&vf, "VirtualMachine", &["name", "config.template"])
+                    .await?
+                {
                     if vm.text("config.template") == Some("true") {
                         let name = vm.text("name").unwrap_or_default();
                         if !name.ends_with(IMPORTING) {
@@ -1072,12 +1198,15 @@ impl Provider for VsphereProvider {
     async fn ensure_image(&self, image: &OsImage) -> Result<ImageRef, ProviderError> {
         let r = self.resolve().await?;
         if let Some(t) = &self.placement.template {
-            let vm = self.checked(self.find_vm(&r, t).await).await?.ok_or_else(|| {
-                ProviderError::not_found(format!(
+            let vm = self
+                .checked(self.find_vm(&r, t).await)
+                .await?
+                .ok_or_else(|| {
+                    ProviderError::not_found(format!(
                     "vSphere: template {t:?} (placement key template) not found in datacenter {}",
                     self.placement.datacenter
                 ))
-            })?;
+                })?;
             return Ok(ImageRef {
                 id: vm.value,
                 name: t.clone(),
@@ -1121,7 +1250,9 @@ impl Provider for VsphereProvider {
             .base_folder(&r, true)
             .await?
             .ok_or_else(|| soap::protocol("the base folder could not be created"))?;
-        let folder = self.checked(self.child_folder(&base, &spec.cluster_id).await).await?;
+        let folder = self
+            .checked(self.child_folder(&base, &spec.cluster_id).await)
+            .await?;
         let vm = match self.client.find_child(&folder, &spec.name).await? {
             Some(vm) => vm,
             None => self.checked(self.clone_vm(&r, &folder, spec).await).await?,
@@ -1149,7 +1280,12 @@ impl Provider for VsphereProvider {
             .retrieve_one(&vm, &["name", "runtime.powerState"])
             .await?
             .filter(|o| id.name.is_empty() || o.text("name") == Some(id.name.as_str()))
-            .ok_or_else(|| ProviderError::not_found(format!("vSphere: machine {} ({}) does not exist", id.name, id.id)))?;
+            .ok_or_else(|| {
+                ProviderError::not_found(format!(
+                    "vSphere: machine {} ({}) does not exist",
+                    id.name, id.id
+                ))
+            })?;
         let on = obj.text("runtime.powerState") == Some("poweredOn");
         match (op, on) {
             (PowerOp::On, true) | (PowerOp::Off, false) => Ok(()),
@@ -1174,7 +1310,10 @@ impl Provider for VsphereProvider {
             return Ok(());
         }
         if let Some(f) = self.fields().await? {
-            if Self::custom_values(&obj).get(&f.cluster).is_none_or(|v| v.is_empty()) {
+            if Self::custom_values(&obj)
+                .get(&f.cluster)
+                .is_none_or(|v| v.is_empty())
+            {
                 return Err(ProviderError::invalid(
                     "machine",
                     format!("VM {name} ({}) carries no {TAG_CLUSTER} attribute: it is not a Palisade machine, so it is not deleted", id.id),
@@ -1201,7 +1340,10 @@ impl Provider for VsphereProvider {
             return Ok(Vec::new());
         };
         let fields = self.fields().await?;
-        let vms = self.client.list(&folder, "VirtualMachine", MACHINE_PROPS).await?;
+        let vms = self
+            .client
+            .list(&folder, "VirtualMachine", MACHINE_PROPS)
+            .await?;
         let mut out: Vec<Machine> = vms
             .iter()
             .filter(|o| o.text("config.template") != Some("true"))
@@ -1219,9 +1361,18 @@ mod tests {
 
     #[test]
     fn sdk_urls_are_https_and_end_in_sdk() {
-        assert_eq!(sdk_url("https://vc.lab").expect("url"), "https://vc.lab/sdk");
-        assert_eq!(sdk_url("https://vc.lab:8989/sdk/").expect("url"), "https://vc.lab:8989/sdk");
-        assert_eq!(sdk_url("http://vc.lab/sdk").expect_err("http").kind, ErrorKind::Invalid);
+        assert_eq!(
+            sdk_url("https://vc.lab").expect("url"),
+            "https://vc.lab/sdk"
+        );
+        assert_eq!(
+            sdk_url("https://vc.lab:8989/sdk/").expect("url"),
+            "https://vc.lab:8989/sdk"
+        );
+        assert_eq!(
+            sdk_url("http://vc.lab/sdk").expect_err("http").kind,
+            ErrorKind::Invalid
+        );
         assert!(sdk_url("vc.lab").is_err());
     }
 
@@ -1235,7 +1386,12 @@ mod tests {
 
     #[test]
     fn not_found_errors_list_the_choices() {
-        let e = not_found("datastore", "nope", "in datacenter DC0", &["LocalDS_0".into()]);
+        let e = not_found(
+            "datastore",
+            "nope",
+            "in datacenter DC0",
+            &["LocalDS_0".into()],
+        );
         assert_eq!(e.kind, ErrorKind::NotFound);
         assert!(e.message.contains("datastore \"nope\""), "{}", e.message);
         assert!(e.message.contains("LocalDS_0"), "{}", e.message);
@@ -1248,7 +1404,10 @@ mod tests {
             portgroup: "dvportgroup-13".into(),
         };
         let el = b.element().expect("element");
-        assert_eq!(el.xsi_type.as_deref(), Some("VirtualEthernetCardDistributedVirtualPortBackingInfo"));
+        assert_eq!(
+            el.xsi_type.as_deref(),
+            Some("VirtualEthernetCardDistributedVirtualPortBackingInfo")
+        );
         let mut out = String::new();
         el.write_as("backing", &mut out);
         assert_eq!(out, b.xml());

@@ -44,7 +44,10 @@ pub struct OvaIndex {
 fn bad_ova(path: &Path, what: impl std::fmt::Display) -> ProviderError {
     ProviderError::new(
         ErrorKind::Invalid,
-        format!("image {}: {what}; an OVA is a tar holding an .ovf descriptor and its disks", path.display()),
+        format!(
+            "image {}: {what}; an OVA is a tar holding an .ovf descriptor and its disks",
+            path.display()
+        ),
     )
 }
 
@@ -60,7 +63,10 @@ pub fn index_ova(path: &Path) -> Result<OvaIndex, ProviderError> {
     let mut files = BTreeMap::new();
     for (n, entry) in entries.enumerate() {
         if n >= MAX_ENTRIES {
-            return Err(bad_ova(path, format!("holds more than {MAX_ENTRIES} files")));
+            return Err(bad_ova(
+                path,
+                format!("holds more than {MAX_ENTRIES} files"),
+            ));
         }
         let mut entry = entry.map_err(|e| bad_ova(path, format!("unreadable tar entry: {e}")))?;
         if !entry.header().entry_type().is_file() {
@@ -74,12 +80,18 @@ pub fn index_ova(path: &Path) -> Result<OvaIndex, ProviderError> {
             .to_string();
         // OVA members are flat; a path is never followed, names only match file references.
         if name.is_empty() || name.contains('/') || name.contains('\\') || name == ".." {
-            return Err(bad_ova(path, format!("entry {name:?} is not a plain file name")));
+            return Err(bad_ova(
+                path,
+                format!("entry {name:?} is not a plain file name"),
+            ));
         }
         let size = entry.size();
         if name.to_ascii_lowercase().ends_with(".ovf") && descriptor.is_none() {
             if size > MAX_DESCRIPTOR {
-                return Err(bad_ova(path, format!("descriptor {name} is larger than 16 MiB")));
+                return Err(bad_ova(
+                    path,
+                    format!("descriptor {name} is larger than 16 MiB"),
+                ));
             }
             let mut s = String::new();
             entry
@@ -142,7 +154,9 @@ pub async fn download(
         hasher.update(&chunk);
         tokio::io::AsyncWriteExt::write_all(&mut file, &chunk)
             .await
-            .map_err(|e| ProviderError::transient(format!("cannot write {}: {e}", path.display())))?;
+            .map_err(|e| {
+                ProviderError::transient(format!("cannot write {}: {e}", path.display()))
+            })?;
     }
     tokio::io::AsyncWriteExt::flush(&mut file)
         .await
@@ -216,7 +230,11 @@ pub async fn import(
     if !errors.is_empty() {
         return Err(ProviderError::new(
             ErrorKind::Invalid,
-            format!("image {}: vCenter cannot import this OVF: {}", path.display(), errors.join("; ")),
+            format!(
+                "image {}: vCenter cannot import this OVF: {}",
+                path.display(),
+                errors.join("; ")
+            ),
         ));
     }
     let spec = ret
@@ -226,7 +244,10 @@ pub async fn import(
     for item in &items {
         let file = item.child_text("path").unwrap_or("");
         if !index.files.contains_key(file) {
-            return Err(bad_ova(path, format!("the descriptor references {file:?}, which the OVA does not hold")));
+            return Err(bad_ova(
+                path,
+                format!("the descriptor references {file:?}, which the OVA does not hold"),
+            ));
         }
     }
 
@@ -248,7 +269,9 @@ pub async fn import(
 
     let info = wait_lease_ready(client, &lease).await;
     let result = match info {
-        Ok(info) => upload_all(client, http_client, &lease, &info, &items, &index, path).await.map(|_| info),
+        Ok(info) => upload_all(client, http_client, &lease, &info, &items, &index, path)
+            .await
+            .map(|_| info),
         Err(e) => Err(e),
     };
     match result {
@@ -416,11 +439,12 @@ async fn upload_file(
     create: bool,
     sent: Arc<AtomicU64>,
 ) -> Result<(), ProviderError> {
-    let io_err = |e: std::io::Error| {
-        ProviderError::transient(format!("cannot read {}: {e}", ova.display()))
-    };
+    let io_err =
+        |e: std::io::Error| ProviderError::transient(format!("cannot read {}: {e}", ova.display()));
     let mut file = tokio::fs::File::open(ova).await.map_err(io_err)?;
-    file.seek(std::io::SeekFrom::Start(offset)).await.map_err(io_err)?;
+    file.seek(std::io::SeekFrom::Start(offset))
+        .await
+        .map_err(io_err)?;
     let reader = file.take(size);
     let stream = futures_util::stream::unfold((reader, sent), |(mut r, sent)| async move {
         let mut buf = vec![0u8; CHUNK];
@@ -454,7 +478,11 @@ async fn upload_file(
             } else {
                 ErrorKind::Protocol
             },
-            format!("vSphere: uploading a disk of {} to {url} answered HTTP {}", ova.display(), resp.status()),
+            format!(
+                "vSphere: uploading a disk of {} to {url} answered HTTP {}",
+                ova.display(),
+                resp.status()
+            ),
         ));
     }
     Ok(())
@@ -467,11 +495,17 @@ mod tests {
     #[test]
     fn device_urls_get_the_endpoint_host_for_a_star() {
         assert_eq!(
-            device_url("https://*/nfc/52a1/disk-0.vmdk", "http://127.0.0.1:8989/sdk"),
+            device_url(
+                "https://*/nfc/52a1/disk-0.vmdk",
+                "http://127.0.0.1:8989/sdk"
+            ),
             "http://127.0.0.1:8989/nfc/52a1/disk-0.vmdk"
         );
         assert_eq!(
-            device_url("https://esx1.lab/nfc/52a1/disk-0.vmdk", "https://vc.lab/sdk"),
+            device_url(
+                "https://esx1.lab/nfc/52a1/disk-0.vmdk",
+                "https://vc.lab/sdk"
+            ),
             "https://esx1.lab/nfc/52a1/disk-0.vmdk"
         );
     }

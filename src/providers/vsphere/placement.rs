@@ -78,7 +78,10 @@ fn required<'a>(
 /// A folder or object path: `/`-separated, no empty or `..` component.
 fn check_path(key: &str, value: &str) -> Result<String, ProviderError> {
     let trimmed = value.trim_matches('/');
-    if trimmed.split('/').any(|c| c.trim().is_empty() || c == "." || c == "..") {
+    if trimmed
+        .split('/')
+        .any(|c| c.trim().is_empty() || c == "." || c == "..")
+    {
         return Err(ProviderError::invalid(
             key,
             format!("{value:?} is not an inventory path: use names separated by '/', without empty or '..' parts"),
@@ -107,7 +110,10 @@ impl Placement {
         if let Some(k) = placement.keys().find(|k| !KNOWN.contains(&k.as_str())) {
             return Err(ProviderError::invalid(
                 k,
-                format!("is not a vSphere placement key; the keys are {}", KNOWN.join(", ")),
+                format!(
+                    "is not a vSphere placement key; the keys are {}",
+                    KNOWN.join(", ")
+                ),
             ));
         }
         let datacenter = check_path("datacenter", required(placement, "datacenter", "DC0")?)?;
@@ -207,7 +213,9 @@ impl IpPoolSettings {
                     s.parse::<Ipv4Addr>().map_err(|_| {
                         ProviderError::invalid(
                             "dns",
-                            format!("{s:?} is not an IPv4 address; list servers separated by commas"),
+                            format!(
+                                "{s:?} is not an IPv4 address; list servers separated by commas"
+                            ),
                         )
                     })
                 })
@@ -238,7 +246,9 @@ impl IpPoolSettings {
                     format!("range {part} ends before it starts"),
                 ));
             }
-            if (end - start) as usize >= MAX_POOL || addresses.len() + ((end - start) as usize) >= MAX_POOL {
+            if (end - start) as usize >= MAX_POOL
+                || addresses.len() + ((end - start) as usize) >= MAX_POOL
+            {
                 return Err(ProviderError::invalid(
                     "ip_pool",
                     format!("holds more than {MAX_POOL} addresses"),
@@ -249,13 +259,19 @@ impl IpPoolSettings {
                 if n & mask != net {
                     return Err(ProviderError::invalid(
                         "ip_pool",
-                        format!("{ip} is outside the gateway's subnet {}/{prefix}", Ipv4Addr::from(net)),
+                        format!(
+                            "{ip} is outside the gateway's subnet {}/{prefix}",
+                            Ipv4Addr::from(net)
+                        ),
                     ));
                 }
                 if n == net || n == broadcast {
                     return Err(ProviderError::invalid(
                         "ip_pool",
-                        format!("{ip} is the network or broadcast address of {}/{prefix}", Ipv4Addr::from(net)),
+                        format!(
+                            "{ip} is the network or broadcast address of {}/{prefix}",
+                            Ipv4Addr::from(net)
+                        ),
                     ));
                 }
                 if ip == gateway {
@@ -324,7 +340,10 @@ mod tests {
     fn reads_a_minimal_placement_with_defaults() {
         let p = Placement::parse(&map(&base())).expect("placement");
         assert_eq!(p.compute, Compute::Cluster("DC0_C0".into()));
-        assert_eq!((p.folder.as_str(), p.folder_explicit), (DEFAULT_FOLDER, false));
+        assert_eq!(
+            (p.folder.as_str(), p.folder_explicit),
+            (DEFAULT_FOLDER, false)
+        );
         assert!(p.ip_pool.is_none() && p.template.is_none());
     }
 
@@ -337,13 +356,22 @@ mod tests {
         assert!(e.message.starts_with("datastore:"), "{}", e.message);
         let mut m = map(&base());
         m.insert("host".into(), "h1".into());
-        assert!(Placement::parse(&m).expect_err("both").message.contains("not both"));
+        assert!(Placement::parse(&m)
+            .expect_err("both")
+            .message
+            .contains("not both"));
         let mut m = map(&base());
         m.insert("flavor".into(), "x".into());
-        assert!(Placement::parse(&m).expect_err("unknown").message.starts_with("flavor:"));
+        assert!(Placement::parse(&m)
+            .expect_err("unknown")
+            .message
+            .starts_with("flavor:"));
         let mut m = map(&base());
         m.insert("folder".into(), "a/../b".into());
-        assert!(Placement::parse(&m).expect_err("dotdot").message.starts_with("folder:"));
+        assert!(Placement::parse(&m)
+            .expect_err("dotdot")
+            .message
+            .starts_with("folder:"));
     }
 
     #[test]
@@ -357,8 +385,14 @@ mod tests {
         ]));
         let addrs = ip_pool(&m).expect("pool");
         let shown: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
-        assert_eq!(shown, ["10.20.0.10", "10.20.0.11", "10.20.0.12", "10.20.0.20"]);
-        let p = Placement::parse(&m).expect("placement").ip_pool.expect("pool");
+        assert_eq!(
+            shown,
+            ["10.20.0.10", "10.20.0.11", "10.20.0.12", "10.20.0.20"]
+        );
+        let p = Placement::parse(&m)
+            .expect("placement")
+            .ip_pool
+            .expect("pool");
         let s = p.static_ip(addrs[0]);
         assert_eq!(s.address, "10.20.0.10/24");
         assert_eq!(s.gateway, "10.20.0.1");
@@ -369,14 +403,66 @@ mod tests {
     #[test]
     fn rejects_bad_ip_pools() {
         let cases: &[(&[(&str, &str)], &str)] = &[
-            (&[("ip_pool", "10.20.0.10-10.20.0.5"), ("ip_prefix", "24"), ("gateway", "10.20.0.1")], "ends before"),
-            (&[("ip_pool", "10.20.1.10"), ("ip_prefix", "24"), ("gateway", "10.20.0.1")], "outside"),
-            (&[("ip_pool", "10.20.0.1-10.20.0.3"), ("ip_prefix", "24"), ("gateway", "10.20.0.1")], "gateway"),
-            (&[("ip_pool", "10.20.0.250-10.20.0.255"), ("ip_prefix", "24"), ("gateway", "10.20.0.1")], "broadcast"),
-            (&[("ip_pool", "10.20.0.x"), ("ip_prefix", "24"), ("gateway", "10.20.0.1")], "not an IPv4"),
-            (&[("ip_pool", "10.20.0.10"), ("gateway", "10.20.0.1")], "ip_prefix"),
-            (&[("ip_pool", "10.20.0.10"), ("ip_prefix", "33"), ("gateway", "10.20.0.1")], "prefix length"),
-            (&[("ip_pool", "10.0.0.2-10.3.0.1"), ("ip_prefix", "8"), ("gateway", "10.0.0.1")], "more than"),
+            (
+                &[
+                    ("ip_pool", "10.20.0.10-10.20.0.5"),
+                    ("ip_prefix", "24"),
+                    ("gateway", "10.20.0.1"),
+                ],
+                "ends before",
+            ),
+            (
+                &[
+                    ("ip_pool", "10.20.1.10"),
+                    ("ip_prefix", "24"),
+                    ("gateway", "10.20.0.1"),
+                ],
+                "outside",
+            ),
+            (
+                &[
+                    ("ip_pool", "10.20.0.1-10.20.0.3"),
+                    ("ip_prefix", "24"),
+                    ("gateway", "10.20.0.1"),
+                ],
+                "gateway",
+            ),
+            (
+                &[
+                    ("ip_pool", "10.20.0.250-10.20.0.255"),
+                    ("ip_prefix", "24"),
+                    ("gateway", "10.20.0.1"),
+                ],
+                "broadcast",
+            ),
+            (
+                &[
+                    ("ip_pool", "10.20.0.x"),
+                    ("ip_prefix", "24"),
+                    ("gateway", "10.20.0.1"),
+                ],
+                "not an IPv4",
+            ),
+            (
+                &[("ip_pool", "10.20.0.10"), ("gateway", "10.20.0.1")],
+                "ip_prefix",
+            ),
+            (
+                &[
+                    ("ip_pool", "10.20.0.10"),
+                    ("ip_prefix", "33"),
+                    ("gateway", "10.20.0.1"),
+                ],
+                "prefix length",
+            ),
+            (
+                &[
+                    ("ip_pool", "10.0.0.2-10.3.0.1"),
+                    ("ip_prefix", "8"),
+                    ("gateway", "10.0.0.1"),
+                ],
+                "more than",
+            ),
             (&[("gateway", "10.20.0.1")], "only applies"),
         ];
         for (pairs, expect) in cases {

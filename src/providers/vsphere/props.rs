@@ -90,7 +90,11 @@ impl Client {
         }
         let mut spec = format!("<specSet>{}", prop_set(kind, paths));
         for o in &objects {
-            let _ = write!(spec, "<objectSet>{}<skip>false</skip></objectSet>", o.xml("obj"));
+            let _ = write!(
+                spec,
+                "<objectSet>{}<skip>false</skip></objectSet>",
+                o.xml("obj")
+            );
         }
         spec.push_str("</specSet>");
         self.retrieve_spec(&spec).await
@@ -102,7 +106,10 @@ impl Client {
         obj: &MoRef,
         paths: &[&str],
     ) -> Result<Option<ObjectContent>, ProviderError> {
-        match self.retrieve(std::slice::from_ref(obj), &obj.kind, paths).await {
+        match self
+            .retrieve(std::slice::from_ref(obj), &obj.kind, paths)
+            .await
+        {
             Ok(mut v) => Ok(v.pop()),
             Err(e) if e.kind == crate::providers::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
@@ -141,7 +148,10 @@ impl Client {
             view.xml("obj")
         );
         let result = self.retrieve_spec(&spec).await;
-        let destroy = format!("<DestroyView xmlns=\"urn:vim25\">{}</DestroyView>", view.this());
+        let destroy = format!(
+            "<DestroyView xmlns=\"urn:vim25\">{}</DestroyView>",
+            view.this()
+        );
         // A view left behind only costs server memory until logout; the listing matters more.
         if let Err(e) = self.call(&destroy).await {
             tracing::debug!(error = ?e, "vSphere: could not destroy a container view");
@@ -281,7 +291,9 @@ impl Client {
         // Bounded by the deadline: each round trip lasts at most WAIT_SECONDS.
         while started.elapsed() < deadline {
             let left = deadline.saturating_sub(started.elapsed()).as_secs();
-            let wait = WAIT_SECONDS.min(u32::try_from(left).unwrap_or(WAIT_SECONDS)).max(1);
+            let wait = WAIT_SECONDS
+                .min(u32::try_from(left).unwrap_or(WAIT_SECONDS))
+                .max(1);
             let req = format!(
                 "<WaitForUpdatesEx xmlns=\"urn:vim25\">{}<version>{}</version><options><maxWaitSeconds>{wait}</maxWaitSeconds></options></WaitForUpdatesEx>",
                 pc.this(),

@@ -78,17 +78,22 @@ pub struct Fault {
     /// The server's message (`faultstring` or `localizedMessage`).
     pub message: String,
     /// The fault's detail object, for fields such as `privilegeId` or `name`.
-    pub detail: Option<Element>,
+    pub detail: Option<Box<Element>>,
 }
 
 impl Fault {
     /// Read a SOAP `Fault` element.
     pub fn from_soap(fault: &Element) -> Fault {
-        let message = fault.child_text("faultstring").unwrap_or("").trim().to_string();
+        let message = fault
+            .child_text("faultstring")
+            .unwrap_or("")
+            .trim()
+            .to_string();
         let detail = fault
             .child("detail")
             .and_then(|d| d.children.first())
-            .cloned();
+            .cloned()
+            .map(Box::new);
         let name = detail
             .as_ref()
             .map(|d| {
@@ -107,7 +112,7 @@ impl Fault {
 
     /// Read a `LocalizedMethodFault` (a task's `info.error`).
     pub fn from_localized(el: &Element) -> Fault {
-        let detail = el.child("fault").cloned();
+        let detail = el.child("fault").cloned().map(Box::new);
         let name = detail
             .as_ref()
             .and_then(|d| d.xsi_type.clone())
@@ -137,7 +142,11 @@ impl Fault {
             format!("{} ({})", self.message, self.name)
         };
         // NoPermission names the missing privilege: the one thing the admin needs to know.
-        if let Some(privilege) = self.detail.as_ref().and_then(|d| d.child_text("privilegeId")) {
+        if let Some(privilege) = self
+            .detail
+            .as_ref()
+            .and_then(|d| d.child_text("privilegeId"))
+        {
             msg.push_str(&format!(", missing privilege {privilege}"));
         }
         let (kind, hint) = match self.name.as_str() {
@@ -322,7 +331,10 @@ impl Client {
 
     /// Key of the current session, empty before the first login.
     pub fn session_key(&self) -> String {
-        self.session_key.read().map(|k| k.clone()).unwrap_or_default()
+        self.session_key
+            .read()
+            .map(|k| k.clone())
+            .unwrap_or_default()
     }
 
     /// The service content (fetched once).
@@ -439,9 +451,8 @@ impl Client {
             }
             Err(e) => return Err(e.into_error("log in")),
         }
-        let cookie = cookie.ok_or_else(|| {
-            protocol("the login succeeded but set no vmware_soap_session cookie")
-        })?;
+        let cookie = cookie
+            .ok_or_else(|| protocol("the login succeeded but set no vmware_soap_session cookie"))?;
         let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
         if let Ok(mut c) = self.cookie.write() {
             *c = Some((generation, cookie.clone()));
@@ -548,7 +559,9 @@ async fn read_capped(resp: reqwest::Response) -> Result<Option<String>, reqwest:
 /// Whether a property read came back with every property refused as `NotAuthenticated`:
 /// how vcsim answers reads on a dead session (vCenter raises a fault instead).
 fn unauthenticated_reads(resp: &Element) -> bool {
-    if !resp.name.starts_with("RetrieveProperties") && !resp.name.starts_with("ContinueRetrieveProperties") {
+    if !resp.name.starts_with("RetrieveProperties")
+        && !resp.name.starts_with("ContinueRetrieveProperties")
+    {
         return false;
     }
     resp.children_named("returnval")
@@ -653,7 +666,10 @@ mod tests {
         let Err(CallError::Fault(f)) = parse_envelope(doc, 500) else {
             panic!("expected a fault");
         };
-        assert_eq!((f.name.as_str(), f.message.as_str()), ("ServerFaultCode", "boom"));
+        assert_eq!(
+            (f.name.as_str(), f.message.as_str()),
+            ("ServerFaultCode", "boom")
+        );
     }
 
     #[test]

@@ -196,7 +196,16 @@ impl Element {
             // Only XML Schema built-ins (string, int, ...) are prefixed in vim25 payloads.
             let prefixed = matches!(
                 t.as_str(),
-                "string" | "int" | "long" | "short" | "byte" | "boolean" | "float" | "double" | "dateTime" | "base64Binary"
+                "string"
+                    | "int"
+                    | "long"
+                    | "short"
+                    | "byte"
+                    | "boolean"
+                    | "float"
+                    | "double"
+                    | "dateTime"
+                    | "base64Binary"
             );
             let _ = write!(
                 out,
@@ -266,7 +275,10 @@ mod tests {
             "a&lt;b&gt;&amp;&quot;c&quot;&apos;d&apos;"
         );
         assert_eq!(escape("x\u{0}y\u{7}z\n"), "xyz\n");
-        assert_eq!(text_el("name", "R&D <lab>"), "<name>R&amp;D &lt;lab&gt;</name>");
+        assert_eq!(
+            text_el("name", "R&D <lab>"),
+            "<name>R&amp;D &lt;lab&gt;</name>"
+        );
     }
 
     #[test]
@@ -293,7 +305,10 @@ mod tests {
         assert_eq!(ds.attr("type"), Some("Datastore"));
         assert_eq!(ds.text, "datastore-1");
         let v = root.child("v").expect("v");
-        assert_eq!((v.xsi_type.as_deref(), v.text.as_str()), (Some("string"), "a & b"));
+        assert_eq!(
+            (v.xsi_type.as_deref(), v.text.as_str()),
+            (Some("string"), "a & b")
+        );
         assert!(root.child("e").is_some());
     }
 
