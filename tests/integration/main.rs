@@ -13,6 +13,7 @@ mod bundle;
 mod durability;
 mod oci_pull;
 mod openapi;
+mod ova_fixture;
 mod pack_sources;
 mod packs;
 mod providers_vsphere;
