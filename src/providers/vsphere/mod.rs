@@ -161,6 +161,11 @@ pub struct VsphereProvider {
     upload: reqwest::Client,
     resolved: Mutex<Option<Arc<Resolved>>>,
     fields: OnceCell<Option<FieldKeys>>,
+    /// Folders found or made: the base folder under "", cluster folders under their id.
+    /// Dropped with the placement when a call reports something missing.
+    folders: std::sync::Mutex<BTreeMap<String, MoRef>>,
+    /// Devices of templates by id (a template does not change while it is one).
+    template_devices: std::sync::Mutex<BTreeMap<String, Arc<Vec<Element>>>>,
 }
 
 fn role_str(role: NodeRole) -> &'static str {
@@ -241,6 +246,8 @@ impl VsphereProvider {
             upload: http::upload_client(&account.ca_bundle)?,
             resolved: Mutex::new(None),
             fields: OnceCell::new(),
+            folders: std::sync::Mutex::new(BTreeMap::new()),
+            template_devices: std::sync::Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -290,6 +297,32 @@ impl VsphereProvider {
 
     async fn forget_placement(&self) {
         *self.resolved.lock().await = None;
+        if let Ok(mut f) = self.folders.lock() {
+            f.clear();
+        }
+        if let Ok(mut t) = self.template_devices.lock() {
+            t.clear();
+        }
+    }
+
+    fn cached_folder(&self, key: &str) -> Option<MoRef> {
+        self.folders.lock().ok().and_then(|f| f.get(key).cloned())
+    }
+
+    fn cache_folder(&self, key: &str, folder: &MoRef) {
+        if let Ok(mut f) = self.folders.lock() {
+            f.insert(key.to_string(), folder.clone());
+        }
+    }
+
+    /// The cluster's folder under the base folder, created when missing.
+    async fn cluster_folder(&self, base: &MoRef, cluster_id: &str) -> Result<MoRef, ProviderError> {
+        if let Some(f) = self.cached_folder(cluster_id) {
+            return Ok(f);
+        }
+        let f = self.child_folder(base, cluster_id).await?;
+        self.cache_folder(cluster_id, &f);
+        Ok(f)
     }
 
     async fn resolve_uncached(&self) -> Result<Resolved, ProviderError> {
@@ -472,6 +505,21 @@ impl VsphereProvider {
     /// The base folder; created when it is the default and missing. `None` only when
     /// `create` is false and it does not exist.
     async fn base_folder(
+        &self,
+        r: &Resolved,
+        create: bool,
+    ) -> Result<Option<MoRef>, ProviderError> {
+        if let Some(f) = self.cached_folder("") {
+            return Ok(Some(f));
+        }
+        let found = self.base_folder_uncached(r, create).await?;
+        if let Some(f) = &found {
+            self.cache_folder("", f);
+        }
+        Ok(found)
+    }
+
+    async fn base_folder_uncached(
         &self,
         r: &Resolved,
         create: bool,
@@ -747,6 +795,42 @@ impl VsphereProvider {
             .map(|o| o.obj))
     }
 
+    /// The template's virtual devices (read once per template).
+    async fn template_devices(
+        &self,
+        template: &MoRef,
+        image: &ImageRef,
+    ) -> Result<Arc<Vec<Element>>, ProviderError> {
+        let cached = self
+            .template_devices
+            .lock()
+            .ok()
+            .and_then(|t| t.get(&template.value).cloned());
+        if let Some(d) = cached {
+            return Ok(d);
+        }
+        let tpl = self
+            .client
+            .retrieve_one(template, &["config.hardware.device"])
+            .await?
+            .ok_or_else(|| {
+                ProviderError::not_found(format!(
+                    "vSphere: image {} ({}) no longer exists; ensure the image again",
+                    image.name, image.id
+                ))
+            })?;
+        let devices = Arc::new(
+            tpl.props
+                .get("config.hardware.device")
+                .map(|d| d.children.clone())
+                .unwrap_or_default(),
+        );
+        if let Ok(mut t) = self.template_devices.lock() {
+            t.insert(template.value.clone(), devices.clone());
+        }
+        Ok(devices)
+    }
+
     /// Clone the image's template into the cluster folder; returns the new VM.
     async fn clone_vm(
         &self,
@@ -755,21 +839,7 @@ impl VsphereProvider {
         spec: &MachineSpec,
     ) -> Result<MoRef, ProviderError> {
         let template = Self::vm_ref(&spec.image.id);
-        let tpl = self
-            .client
-            .retrieve_one(&template, &["name", "config.hardware.device"])
-            .await?
-            .ok_or_else(|| {
-                ProviderError::not_found(format!(
-                    "vSphere: image {} ({}) no longer exists; ensure the image again",
-                    spec.image.name, spec.image.id
-                ))
-            })?;
-        let devices: Vec<Element> = tpl
-            .props
-            .get("config.hardware.device")
-            .map(|d| d.children.clone())
-            .unwrap_or_default();
+        let devices = self.template_devices(&template, &spec.image).await?;
 
         let mut changes = String::new();
         let want_kb = u64::from(spec.size.disk_gib) * 1024 * 1024;
@@ -947,14 +1017,15 @@ impl VsphereProvider {
                     .map_err(|e| e.into_error(&format!("tag {}", spec.name)))?;
             }
         }
+        let mut machine = self.to_machine(&obj, fields, cluster_folder);
         if off {
             self.power_on(vm, &spec.name).await?;
+            machine.state = MachineState::Running;
         }
-        let obj = self
-            .read_vm(vm)
-            .await?
-            .ok_or_else(|| ProviderError::transient(format!("{} vanished; retry", spec.name)))?;
-        Ok(self.to_machine(&obj, fields, cluster_folder))
+        // What was just set, without reading the VM again.
+        machine.cluster_id = spec.cluster_id.clone();
+        machine.pool = spec.pool.clone();
+        Ok(machine)
     }
 
     /// Import an OVA into the base folder as template `name`; crash-safe (see module doc).
@@ -1251,9 +1322,12 @@ impl Provider for VsphereProvider {
             .await?
             .ok_or_else(|| soap::protocol("the base folder could not be created"))?;
         let folder = self
-            .checked(self.child_folder(&base, &spec.cluster_id).await)
+            .checked(self.cluster_folder(&base, &spec.cluster_id).await)
             .await?;
-        let vm = match self.client.find_child(&folder, &spec.name).await? {
+        let found = self
+            .checked(self.client.find_child(&folder, &spec.name).await)
+            .await?;
+        let vm = match found {
             Some(vm) => vm,
             None => self.checked(self.clone_vm(&r, &folder, spec).await).await?,
         };

@@ -242,32 +242,76 @@ impl Client {
         self.wait_task(&task, deadline).await
     }
 
-    /// Wait until `task` succeeds or fails, at most `deadline`. Uses a private property
-    /// collector per wait, so concurrent waits never consume each other's updates.
+    /// Wait until `task` succeeds or fails, at most `deadline`. Each wait has a property
+    /// collector to itself (taken from the session's pool, or created), so concurrent waits
+    /// never consume each other's updates; the same three calls as pyvmomi's `WaitForTask`
+    /// (CreateFilter, WaitForUpdatesEx until done, DestroyPropertyFilter).
     pub async fn wait_task(
         &self,
         task: &MoRef,
         deadline: Duration,
     ) -> Result<Option<Element>, CallError> {
+        let (pc, filter) = match self.take_collector() {
+            Some(pc) => match self.create_filter(&pc, task).await {
+                Ok(f) => (pc, f),
+                // A collector of an expired session: start afresh.
+                Err(_) => {
+                    let pc = self.new_collector().await?;
+                    let f = self.create_filter(&pc, task).await?;
+                    (pc, f)
+                }
+            },
+            None => {
+                let pc = self.new_collector().await?;
+                let f = self.create_filter(&pc, task).await?;
+                (pc, f)
+            }
+        };
+        let result = self.wait_with(&pc, task, deadline).await;
+        let destroy = format!(
+            "<DestroyPropertyFilter xmlns=\"urn:vim25\">{}</DestroyPropertyFilter>",
+            filter.this()
+        );
+        let clean = self.call(&destroy).await.is_ok();
+        if clean && !matches!(result, Err(CallError::Provider(_))) {
+            self.return_collector(pc);
+        } else {
+            let destroy = format!(
+                "<DestroyPropertyCollector xmlns=\"urn:vim25\">{}</DestroyPropertyCollector>",
+                pc.this()
+            );
+            if let Err(e) = self.call(&destroy).await {
+                tracing::debug!(error = ?e, "vSphere: could not destroy a property collector");
+            }
+        }
+        result
+    }
+
+    async fn new_collector(&self) -> Result<MoRef, CallError> {
         let content = self.content().await?;
         let create = format!(
             "<CreatePropertyCollector xmlns=\"urn:vim25\">{}</CreatePropertyCollector>",
             content.property_collector.this()
         );
         let resp = self.call(&create).await?;
-        let pc = resp
+        Ok(resp
             .child("returnval")
             .and_then(MoRef::from_el)
-            .ok_or_else(|| protocol("CreatePropertyCollector answered without a collector"))?;
-        let result = self.wait_with(&pc, task, deadline).await;
-        let destroy = format!(
-            "<DestroyPropertyCollector xmlns=\"urn:vim25\">{}</DestroyPropertyCollector>",
-            pc.this()
+            .ok_or_else(|| protocol("CreatePropertyCollector answered without a collector"))?)
+    }
+
+    async fn create_filter(&self, pc: &MoRef, task: &MoRef) -> Result<MoRef, CallError> {
+        let filter = format!(
+            "<CreateFilter xmlns=\"urn:vim25\">{}<spec>{}<objectSet>{}<skip>false</skip></objectSet></spec><partialUpdates>false</partialUpdates></CreateFilter>",
+            pc.this(),
+            prop_set("Task", &["info.state", "info.error", "info.result"]),
+            task.xml("obj")
         );
-        if let Err(e) = self.call(&destroy).await {
-            tracing::debug!(error = ?e, "vSphere: could not destroy a property collector");
-        }
-        result
+        let resp = self.call(&filter).await?;
+        Ok(resp
+            .child("returnval")
+            .and_then(MoRef::from_el)
+            .ok_or_else(|| protocol("CreateFilter answered without a filter"))?)
     }
 
     async fn wait_with(
@@ -276,13 +320,6 @@ impl Client {
         task: &MoRef,
         deadline: Duration,
     ) -> Result<Option<Element>, CallError> {
-        let filter = format!(
-            "<CreateFilter xmlns=\"urn:vim25\">{}<spec>{}<objectSet>{}<skip>false</skip></objectSet></spec><partialUpdates>false</partialUpdates></CreateFilter>",
-            pc.this(),
-            prop_set("Task", &["info.state", "info.error", "info.result"]),
-            task.xml("obj")
-        );
-        self.call(&filter).await?;
         let started = Instant::now();
         let mut version = String::new();
         let mut state = String::new();

@@ -295,6 +295,8 @@ pub struct Client {
     login_lock: Mutex<()>,
     /// Key of the current session (vCenter's session list shows it).
     session_key: RwLock<String>,
+    /// Idle property collectors for task waits, with the session generation they belong to.
+    collectors: std::sync::Mutex<Vec<(u64, MoRef)>>,
 }
 
 impl Client {
@@ -316,6 +318,7 @@ impl Client {
             generation: AtomicU64::new(0),
             login_lock: Mutex::new(()),
             session_key: RwLock::new(String::new()),
+            collectors: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -327,6 +330,26 @@ impl Client {
     /// The user this client logs in as.
     pub fn username(&self) -> &str {
         &self.username
+    }
+
+    /// An idle property collector of the current session, if any.
+    pub fn take_collector(&self) -> Option<MoRef> {
+        let current = self.generation.load(Ordering::SeqCst);
+        let mut pool = self.collectors.lock().ok()?;
+        pool.retain(|(g, _)| *g == current);
+        pool.pop().map(|(_, pc)| pc)
+    }
+
+    /// Give back a collector whose filters are all destroyed.
+    pub fn return_collector(&self, pc: MoRef) {
+        /// More idle collectors than concurrent waits are never needed.
+        const MAX_IDLE: usize = 32;
+        let current = self.generation.load(Ordering::SeqCst);
+        if let Ok(mut pool) = self.collectors.lock() {
+            if pool.len() < MAX_IDLE {
+                pool.push((current, pc));
+            }
+        }
     }
 
     /// Key of the current session, empty before the first login.
