@@ -3,7 +3,9 @@ written as a pyvmomi user would (pyVim.task.WaitForTask for every task).
 
 Create: CloneVM_Task from the template (RelocateSpec pool + datastore; ConfigSpec numCPUs,
 memoryMB and the four guestinfo keys), then PowerOnVM_Task. Delete: PowerOffVM_Task, then
-Destroy_Task. PARALLEL calls in flight (threads sharing one session, as pyvmomi allows).
+Destroy_Task. PARALLEL calls in flight (threads sharing one session, as pyvmomi allows). Each
+thread waits with a property collector of its own: concurrent WaitForUpdates on the session's
+one collector steal each other's updates (and crash vcsim: "concurrent map writes").
 
 usage: provider_vsphere.py HOST PORT CAFILE USER PASSWORD TEMPLATE_NAME COUNT PARALLEL LABEL
 Prints one JSON line.
@@ -14,6 +16,7 @@ import gzip
 import json
 import ssl
 import sys
+import threading
 import time
 
 from pyVim.connect import SmartConnect, Disconnect
@@ -39,6 +42,13 @@ def main():
         ds = idx.FindByInventoryPath("DC0/datastore/LocalDS_0")
         pool = cluster.resourcePool
         folder = dc.vmFolder.CreateFolder("pyvmomi-" + label)
+        local = threading.local()
+
+        def wait(task):
+            if not hasattr(local, "pc"):
+                local.pc = content.propertyCollector.CreatePropertyCollector()
+            WaitForTask(task, pc=local.pc)
+
         ca = "MIIBszCCAVmgAwIBAgIUQ2VydGlmaWNhdGUgZm9yIGJlbmNobWFyayBvbmx5MAoGCCqGSM49BAMC" * 12
 
         def create(i):
@@ -54,14 +64,14 @@ def main():
                 location=vim.vm.RelocateSpec(pool=pool, datastore=ds), template=False, powerOn=False,
                 config=vim.vm.ConfigSpec(numCPUs=2, memoryMB=4096, extraConfig=extra))
             task = tpl.CloneVM_Task(folder=folder, name=name, spec=spec)
-            WaitForTask(task)
+            wait(task)
             vm = task.info.result
-            WaitForTask(vm.PowerOnVM_Task())
+            wait(vm.PowerOnVM_Task())
             return vm
 
         def delete(vm):
-            WaitForTask(vm.PowerOffVM_Task())
-            WaitForTask(vm.Destroy_Task())
+            wait(vm.PowerOffVM_Task())
+            wait(vm.Destroy_Task())
 
         with concurrent.futures.ThreadPoolExecutor(max_workers=parallel) as ex:
             t0 = time.perf_counter()

@@ -940,7 +940,7 @@ impl VsphereProvider {
             // Another call is cloning the same machine: find its VM (or retry later).
             Err(e) if e.fault("DuplicateName").is_some() => self
                 .client
-                .find_child(folder, &spec.name)
+                .find_in_folder(folder, "VirtualMachine", &spec.name)
                 .await?
                 .ok_or_else(|| {
                     ProviderError::transient(format!("{} is being created; retry", spec.name))
@@ -1325,7 +1325,11 @@ impl Provider for VsphereProvider {
             .checked(self.cluster_folder(&base, &spec.cluster_id).await)
             .await?;
         let found = self
-            .checked(self.client.find_child(&folder, &spec.name).await)
+            .checked(
+                self.client
+                    .find_in_folder(&folder, "VirtualMachine", &spec.name)
+                    .await,
+            )
             .await?;
         let vm = match found {
             Some(vm) => vm,

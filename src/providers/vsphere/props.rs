@@ -207,6 +207,33 @@ impl Client {
         Ok(resp.child("returnval").and_then(MoRef::from_el))
     }
 
+    /// The object of type `kind` named `name` directly in `folder`, read with one property
+    /// collector traversal. Used instead of `FindChild` where VMs are being created at the
+    /// same time: vcsim's `FindChild` drops the connection when it meets a VM that is still
+    /// being created (it has no name yet); the property collector reads it as unnamed.
+    pub async fn find_in_folder(
+        &self,
+        folder: &MoRef,
+        kind: &str,
+        name: &str,
+    ) -> Result<Option<MoRef>, ProviderError> {
+        let spec = format!(
+            concat!(
+                "<specSet>{}<objectSet>{}<skip>true</skip>",
+                "<selectSet xsi:type=\"TraversalSpec\"><name>children</name><type>Folder</type>",
+                "<path>childEntity</path><skip>false</skip></selectSet></objectSet></specSet>"
+            ),
+            prop_set(kind, &["name"]),
+            folder.xml("obj")
+        );
+        Ok(self
+            .retrieve_spec(&spec)
+            .await?
+            .into_iter()
+            .find(|o| o.obj.kind == kind && o.text("name") == Some(name))
+            .map(|o| o.obj))
+    }
+
     /// `SearchIndex.FindChild`: the entity named `name` directly in `parent`.
     pub async fn find_child(
         &self,

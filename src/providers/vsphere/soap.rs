@@ -524,19 +524,36 @@ impl Client {
             Some(a) => a.as_str(),
             None => "urn:vim25/6.5",
         };
-        let mut req = self
-            .http
-            .post(&self.sdk)
-            .header("Content-Type", "text/xml; charset=utf-8")
-            .header("SOAPAction", action)
-            .body(xml::envelope(request));
-        if let Some(c) = cookie {
-            req = req.header("Cookie", format!("{SESSION_COOKIE}={c}"));
-        }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| http::transport_error(&self.sdk, &e))?;
+        let body = xml::envelope(request);
+        let send = || {
+            let mut req = self
+                .http
+                .post(&self.sdk)
+                .header("Content-Type", "text/xml; charset=utf-8")
+                .header("SOAPAction", action)
+                .body(body.clone());
+            if let Some(c) = cookie {
+                req = req.header("Cookie", format!("{SESSION_COOKIE}={c}"));
+            }
+            req.send()
+        };
+        let resp = match send().await {
+            Ok(r) => r,
+            // A pooled keep-alive connection the server closed as the request went out (or a
+            // server that dropped the connection mid-answer: vcsim does when a lookup races a
+            // VM being created). Sent once more on a fresh connection. Every call this client
+            // makes tolerates a repeat: repeated creations end in DuplicateName, repeated power
+            // changes in InvalidPowerState, repeated deletions in ManagedObjectNotFound, and
+            // each of those is handled as success by its caller.
+            Err(e) if dropped_connection(&e) => {
+                tracing::debug!(sdk = %self.sdk, error = %e, "vSphere: connection dropped; sending again");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                send()
+                    .await
+                    .map_err(|e| http::transport_error(&self.sdk, &e))?
+            }
+            Err(e) => return Err(http::transport_error(&self.sdk, &e)),
+        };
         let status = resp.status().as_u16();
         let set_cookie = resp
             .headers()
@@ -564,6 +581,35 @@ impl Client {
         })?;
         Ok(((status, body), set_cookie))
     }
+}
+
+/// Whether a request failed because an established connection closed under it (not a
+/// refused connection, a timeout or a TLS failure).
+fn dropped_connection(e: &reqwest::Error) -> bool {
+    if e.is_timeout() || e.is_connect() {
+        return false;
+    }
+    let mut source: Option<&dyn std::error::Error> = Some(e);
+    while let Some(err) = source {
+        if let Some(h) = err.downcast_ref::<hyper::Error>() {
+            if h.is_incomplete_message() || h.is_canceled() {
+                return true;
+            }
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof
+            ) {
+                return true;
+            }
+        }
+        source = err.source();
+    }
+    false
 }
 
 async fn read_capped(resp: reqwest::Response) -> Result<Option<String>, reqwest::Error> {
