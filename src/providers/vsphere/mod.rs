@@ -1157,10 +1157,25 @@ impl Provider for VsphereProvider {
                 pool.prefix
             ));
         }
-        match self.fields().await? {
-            Some(_) => checks.push(
-                "custom attributes palisade-cluster, palisade-pool, palisade-role ready".into(),
-            ),
+        // Read only: validating an account changes nothing on vCenter.
+        match &content.custom_fields_manager {
+            Some(cfm) => {
+                let defs = self.field_defs(cfm).await?;
+                let missing: Vec<&str> = [TAG_CLUSTER, TAG_POOL, TAG_ROLE]
+                    .into_iter()
+                    .filter(|n| !defs.contains_key(*n))
+                    .collect();
+                if missing.is_empty() {
+                    checks.push(format!(
+                        "custom attributes {TAG_CLUSTER}, {TAG_POOL}, {TAG_ROLE} found"
+                    ));
+                } else {
+                    checks.push(format!(
+                        "custom attributes {} will be created on first use",
+                        missing.join(", ")
+                    ));
+                }
+            }
             None => checks.push(
                 "no custom attributes on this endpoint: machines are found by folder only".into(),
             ),
