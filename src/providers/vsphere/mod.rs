@@ -43,6 +43,7 @@ mod ovf;
 mod placement;
 mod props;
 mod soap;
+/// The small XML tree and envelope helpers (public for tests that read vCenter directly).
 pub mod xml;
 
 use std::collections::BTreeMap;
@@ -51,7 +52,9 @@ use std::time::Duration;
 
 use tokio::sync::{Mutex, OnceCell};
 
+/// Decoding of guestinfo values and the key holding a machine's static address.
 pub use guestinfo::{decode as decode_guestinfo, ADDRESS_KEY};
+/// Placement settings and the IP pool the orchestrator allocates from.
 pub use placement::{ip_pool, Compute, IpPoolSettings, Placement, DEFAULT_FOLDER};
 
 use self::props::ObjectContent;
