@@ -9,6 +9,7 @@
 
 pub mod baremetal;
 pub mod http;
+pub mod vsphere;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -94,7 +95,8 @@ pub struct Context {
 pub fn connect(account: &Account, ctx: &Context) -> Result<Box<dyn Provider>, ProviderError> {
     match account.kind {
         CloudKind::Baremetal => Ok(Box::new(baremetal::Baremetal::new(account, ctx)?)),
-        CloudKind::Vsphere | CloudKind::Openstack => Err(ProviderError::invalid(
+        CloudKind::Vsphere => Ok(Box::new(vsphere::VsphereProvider::new(account)?)),
+        CloudKind::Openstack => Err(ProviderError::invalid(
             "kind",
             format!(
                 "the {} provider is not available in this build",

@@ -1,6 +1,7 @@
 //! Integration tests: the real `palisade` executable on loopback, real HTTPS clients.
 
 mod support;
+mod tls_front;
 
 mod admin_cli;
 mod api_errors;
@@ -13,9 +14,11 @@ mod bundle;
 mod durability;
 mod oci_pull;
 mod openapi;
+mod ova_fixture;
 mod pack_sources;
 mod packs;
 mod providers_baremetal;
+mod providers_vsphere;
 mod provisioning;
 mod pull_credentials;
 mod rbac;
