@@ -807,3 +807,56 @@ async fn a_lost_session_is_reestablished_transparently() {
     );
     assert_ne!(p.session_key(), key, "a new session was made");
 }
+
+/// An account on the shared vcsim for the end-to-end tests through the appliance: machines
+/// cloned from one of vcsim's own VMs, with static addresses from an IP pool.
+fn e2e_target(password: &str, os_image: &str) -> crate::provisioning::Target {
+    let v = vcsim();
+    crate::provisioning::Target {
+        kind: "vsphere",
+        endpoint: v.sdk.clone(),
+        ca_bundle: v.cert_pem.clone(),
+        username: USER.into(),
+        password: password.into(),
+        placement: serde_json::json!({
+            "datacenter": "DC0", "cluster": "DC0_C0", "datastore": "LocalDS_0",
+            "network": "VM Network",
+            "ip_pool": "10.20.0.10-10.20.0.40", "ip_prefix": "24", "gateway": "10.20.0.1",
+            "dns": "10.20.0.2",
+        }),
+        os_values: format!("image:\n  name: {os_image}\n"),
+        media: None,
+    }
+}
+
+/// The scenario through the appliance on vcsim.
+#[tokio::test]
+async fn provisions_scales_heals_and_deletes_a_cluster_through_the_appliance() {
+    let target = e2e_target(PASSWORD, "DC0_C0_RP0_VM0");
+    crate::provisioning::full_lifecycle(&target, Duration::from_secs(180)).await;
+}
+
+/// `kill -9` of the appliance mid-provisioning: no VM created twice.
+#[tokio::test]
+async fn an_appliance_killed_mid_provisioning_creates_no_vm_twice() {
+    let target = e2e_target(PASSWORD, "DC0_C0_RP0_VM0");
+    crate::provisioning::crash_mid_provisioning(&target, 4, Duration::from_secs(180)).await;
+}
+
+/// Wrong credentials, an unreachable vCenter and a missing template each say so.
+#[tokio::test]
+async fn broken_accounts_and_templates_give_clear_errors_through_the_appliance() {
+    let limit = Duration::from_secs(120);
+    let wrong = e2e_target("not-the-password", "DC0_C0_RP0_VM0");
+    crate::provisioning::clear_error(&wrong, Some("credentials"), "username and password", limit)
+        .await;
+    let mut unreachable = e2e_target(PASSWORD, "DC0_C0_RP0_VM0");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    unreachable.endpoint = format!("https://127.0.0.1:{closed}/sdk");
+    crate::provisioning::clear_error(&unreachable, Some("unreachable"), "127.0.0.1", limit).await;
+    let no_template = e2e_target(PASSWORD, "no-such-template");
+    crate::provisioning::clear_error(&no_template, None, "no-such-template", limit).await;
+}
