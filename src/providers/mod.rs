@@ -8,6 +8,7 @@
 //! duplicates. This module is the only place that matches on [`CloudKind`].
 
 pub mod http;
+pub mod openstack;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -73,7 +74,8 @@ pub struct Context {
 pub fn connect(account: &Account, ctx: &Context) -> Result<Box<dyn Provider>, ProviderError> {
     let _ = ctx;
     match account.kind {
-        CloudKind::Vsphere | CloudKind::Openstack | CloudKind::Baremetal => {
+        CloudKind::Openstack => Ok(Box::new(openstack::OpenStack::new(account)?)),
+        CloudKind::Vsphere | CloudKind::Baremetal => {
             Err(ProviderError::invalid(
                 "kind",
                 format!(
