@@ -14,6 +14,7 @@ mod oci_pull;
 mod openapi;
 mod pack_sources;
 mod packs;
+mod providers_openstack;
 mod pull_credentials;
 mod rbac;
 mod registry;
