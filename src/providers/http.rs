@@ -27,9 +27,12 @@ pub fn client(ca_bundle: &str, timeout: Duration) -> Result<reqwest::Client, Pro
     } else {
         builder.use_preconfigured_tls(tls_config(ca_bundle)?)
     };
-    builder
-        .build()
-        .map_err(|e| ProviderError::new(ErrorKind::Invalid, format!("cannot build an HTTPS client: {e}")))
+    builder.build().map_err(|e| {
+        ProviderError::new(
+            ErrorKind::Invalid,
+            format!("cannot build an HTTPS client: {e}"),
+        )
+    })
 }
 
 /// A client without a whole-request timeout, for uploads of large images (connect still bounded).
@@ -42,16 +45,21 @@ pub fn upload_client(ca_bundle: &str) -> Result<reqwest::Client, ProviderError> 
     } else {
         builder.use_preconfigured_tls(tls_config(ca_bundle)?)
     };
-    builder
-        .build()
-        .map_err(|e| ProviderError::new(ErrorKind::Invalid, format!("cannot build an HTTPS client: {e}")))
+    builder.build().map_err(|e| {
+        ProviderError::new(
+            ErrorKind::Invalid,
+            format!("cannot build an HTTPS client: {e}"),
+        )
+    })
 }
 
 /// rustls configuration trusting the bundle's CAs and pinning its certificates.
 pub fn tls_config(ca_bundle: &str) -> Result<rustls::ClientConfig, ProviderError> {
     let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut ca_bundle.as_bytes())
         .collect::<Result<_, _>>()
-        .map_err(|e| ProviderError::invalid("ca_bundle", format!("is not a PEM certificate bundle: {e}")))?;
+        .map_err(|e| {
+            ProviderError::invalid("ca_bundle", format!("is not a PEM certificate bundle: {e}"))
+        })?;
     if certs.is_empty() {
         return Err(ProviderError::invalid(
             "ca_bundle",
@@ -103,7 +111,11 @@ impl ServerCertVerifier for PinnedOrAnchored {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        if self.pinned.iter().any(|p| p.as_ref() == end_entity.as_ref()) {
+        if self
+            .pinned
+            .iter()
+            .any(|p| p.as_ref() == end_entity.as_ref())
+        {
             return Ok(ServerCertVerified::assertion());
         }
         match &self.webpki {

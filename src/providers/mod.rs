@@ -75,15 +75,13 @@ pub fn connect(account: &Account, ctx: &Context) -> Result<Box<dyn Provider>, Pr
     let _ = ctx;
     match account.kind {
         CloudKind::Openstack => Ok(Box::new(openstack::OpenStack::new(account)?)),
-        CloudKind::Vsphere | CloudKind::Baremetal => {
-            Err(ProviderError::invalid(
-                "kind",
-                format!(
-                    "the {} provider is not available in this build",
-                    account.kind.as_str()
-                ),
-            ))
-        }
+        CloudKind::Vsphere | CloudKind::Baremetal => Err(ProviderError::invalid(
+            "kind",
+            format!(
+                "the {} provider is not available in this build",
+                account.kind.as_str()
+            ),
+        )),
     }
 }
 

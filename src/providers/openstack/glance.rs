@@ -72,7 +72,13 @@ impl Glance<'_> {
             let root = base.trim_end_matches("/v2");
             page = self
                 .session
-                .get(Service::Image, &format!("{root}{next}"), &[], &[], "list Glance images")
+                .get(
+                    Service::Image,
+                    &format!("{root}{next}"),
+                    &[],
+                    &[],
+                    "list Glance images",
+                )
                 .await?;
         }
         Ok(out)
@@ -115,7 +121,14 @@ impl Glance<'_> {
         });
         let what = format!("create Glance image {name}");
         self.session
-            .call(Service::Image, Method::POST, "/images", &[], Some(&body), &[])
+            .call(
+                Service::Image,
+                Method::POST,
+                "/images",
+                &[],
+                Some(&body),
+                &[],
+            )
             .await?
             .expect_ok(&what)?
             .json(&what)
@@ -146,7 +159,14 @@ impl Glance<'_> {
     pub(super) async fn delete(&self, id: &str) -> Result<(), ProviderError> {
         let reply = self
             .session
-            .call(Service::Image, Method::DELETE, &format!("/images/{id}"), &[], None, &[])
+            .call(
+                Service::Image,
+                Method::DELETE,
+                &format!("/images/{id}"),
+                &[],
+                None,
+                &[],
+            )
             .await?;
         if reply.status == StatusCode::NOT_FOUND {
             return Ok(());
@@ -160,7 +180,10 @@ impl Glance<'_> {
 /// Glance statuses of an image whose upload is unfinished: left by a crash, they never become
 /// active by themselves.
 pub(super) fn is_unfinished(status: &str) -> bool {
-    matches!(status, "queued" | "saving" | "uploading" | "importing" | "killed")
+    matches!(
+        status,
+        "queued" | "saving" | "uploading" | "importing" | "killed"
+    )
 }
 
 #[cfg(test)]
@@ -179,7 +202,10 @@ mod tests {
         assert_eq!(list.images[0].sha256.as_deref(), Some("ab12"));
         assert_eq!(list.images[0].size, Some(196624));
         assert_eq!(list.images[1].label(), "6c2");
-        assert_eq!(list.next.as_deref(), Some("/v2/images?marker=6c2&limit=100"));
+        assert_eq!(
+            list.next.as_deref(),
+            Some("/v2/images?marker=6c2&limit=100")
+        );
         assert!(is_unfinished(&list.images[1].status));
         assert!(!is_unfinished("active"));
     }

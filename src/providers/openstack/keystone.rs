@@ -422,10 +422,16 @@ pub(super) fn status_error(what: &str, status: StatusCode, body: &[u8]) -> Provi
             ErrorKind::Capacity,
             "the address or name is taken by something else",
         ),
-        409 => (ErrorKind::Transient, "try again when the current operation ends"),
+        409 => (
+            ErrorKind::Transient,
+            "try again when the current operation ends",
+        ),
         413 => (ErrorKind::Capacity, ""),
         400 | 422 => (ErrorKind::Invalid, ""),
-        429 | 500 | 502 | 503 | 504 => (ErrorKind::Transient, "the service is busy or failing; try again later"),
+        429 | 500 | 502 | 503 | 504 => (
+            ErrorKind::Transient,
+            "the service is busy or failing; try again later",
+        ),
         _ => (ErrorKind::Protocol, ""),
     };
     let mut text = format!("{what}: HTTP {}", status.as_u16());
@@ -437,6 +443,9 @@ pub(super) fn status_error(what: &str, status: StatusCode, body: &[u8]) -> Provi
     }
     ProviderError::new(kind, text)
 }
+
+/// How many times an idempotent request is sent again after a 5xx answer.
+const MAX_SERVER_ERROR_RETRIES: u32 = 2;
 
 /// Extra headers of one request.
 pub(super) type Headers<'a> = &'a [(&'static str, String)];
@@ -587,9 +596,16 @@ impl Session {
             }
             403 => ProviderError::new(
                 ErrorKind::Permission,
-                format!("Keystone at {}: {who} may not log in ({msg})", self.auth_url),
+                format!(
+                    "Keystone at {}: {who} may not log in ({msg})",
+                    self.auth_url
+                ),
             ),
-            _ => status_error(&format!("log in to Keystone at {}", self.auth_url), status, body),
+            _ => status_error(
+                &format!("log in to Keystone at {}", self.auth_url),
+                status,
+                body,
+            ),
         }
     }
 
@@ -615,7 +631,10 @@ impl Session {
 
     /// One request to a service: `path` is appended to the service's base URL (or used as is
     /// when it is a full URL, e.g. a pagination link). The token is renewed before it expires
-    /// and once more when the service answers 401. The answer is returned whatever its status.
+    /// and once more when the service answers 401. Idempotent methods (GET, PUT, DELETE) are
+    /// sent again, twice at most, when the service answers 500, 502, 503 or 504 (a database
+    /// deadlock or a restarting worker); POST never is. The answer is returned whatever its
+    /// status.
     pub(super) async fn call(
         &self,
         service: Service,
@@ -626,6 +645,8 @@ impl Session {
         headers: Headers<'_>,
     ) -> Result<Reply, ProviderError> {
         let mut retried = false;
+        let idempotent = matches!(method, Method::GET | Method::PUT | Method::DELETE);
+        let mut server_errors = 0u32;
         loop {
             let token = self.token().await?;
             let base = token.endpoint(service, &self.interface, self.region.as_deref())?;
@@ -658,6 +679,15 @@ impl Session {
                 // Revoked or expired early (clock skew, a password change): log in once more.
                 retried = true;
                 self.forget(&token).await;
+                continue;
+            }
+            if idempotent
+                && matches!(status.as_u16(), 500 | 502 | 503 | 504)
+                && server_errors < MAX_SERVER_ERROR_RETRIES
+            {
+                server_errors += 1;
+                tracing::debug!(%url, %status, "retrying an idempotent OpenStack request");
+                tokio::time::sleep(Duration::from_millis(500) * server_errors).await;
                 continue;
             }
             return Ok(Reply {
@@ -774,11 +804,13 @@ mod tests {
         assert_eq!(t.project_domain, "Default");
         assert_eq!(t.roles, vec!["reader", "member"]);
         assert_eq!(
-            t.endpoint(Service::Compute, "public", Some("RegionOne")).expect("nova"),
+            t.endpoint(Service::Compute, "public", Some("RegionOne"))
+                .expect("nova"),
             "http://127.0.0.1:8774/v2.1"
         );
         assert_eq!(
-            t.endpoint(Service::Compute, "internal", None).expect("nova internal"),
+            t.endpoint(Service::Compute, "internal", None)
+                .expect("nova internal"),
             "http://nova.internal:8774/v2.1"
         );
         assert_eq!(
@@ -786,7 +818,8 @@ mod tests {
             "http://127.0.0.1:9292/v2"
         );
         assert_eq!(
-            t.endpoint(Service::Network, "public", None).expect("neutron"),
+            t.endpoint(Service::Network, "public", None)
+                .expect("neutron"),
             "http://127.0.0.1:9696/v2.0"
         );
         let err = t
@@ -818,7 +851,9 @@ mod tests {
     #[test]
     fn reads_error_messages_of_every_service() {
         assert_eq!(
-            error_message(br#"{"itemNotFound": {"code": 404, "message": "Instance x could not be found."}}"#),
+            error_message(
+                br#"{"itemNotFound": {"code": 404, "message": "Instance x could not be found."}}"#
+            ),
             "Instance x could not be found."
         );
         assert_eq!(
@@ -846,7 +881,11 @@ mod tests {
         let policy = br#"{"forbidden": {"code": 403, "message": "Policy doesn't allow os_compute_api:servers:create to be performed."}}"#;
         let e = status_error("create server", StatusCode::FORBIDDEN, policy);
         assert_eq!(e.kind, ErrorKind::Permission);
-        assert!(e.message.starts_with("create server: HTTP 403: Policy"), "{}", e.message);
+        assert!(
+            e.message.starts_with("create server: HTTP 403: Policy"),
+            "{}",
+            e.message
+        );
         assert_eq!(
             status_error("x", StatusCode::SERVICE_UNAVAILABLE, b"").kind,
             ErrorKind::Transient
@@ -873,7 +912,10 @@ mod tests {
         };
         let body = auth.request_body(true);
         assert_eq!(body["auth"]["scope"]["project"]["name"], "demo");
-        assert_eq!(body["auth"]["scope"]["project"]["domain"]["name"], "Default");
+        assert_eq!(
+            body["auth"]["scope"]["project"]["domain"]["name"],
+            "Default"
+        );
         assert!(auth.request_body(false)["auth"].get("scope").is_none());
         if let AuthMethod::Password { project, .. } = &mut auth {
             *project = "8747acc13f474c8f8327890f24ddff1c".into();
@@ -887,7 +929,10 @@ mod tests {
             secret: "s".into(),
         };
         let body = app.request_body(true);
-        assert_eq!(body["auth"]["identity"]["methods"][0], "application_credential");
+        assert_eq!(
+            body["auth"]["identity"]["methods"][0],
+            "application_credential"
+        );
         assert!(body["auth"].get("scope").is_none());
     }
 }

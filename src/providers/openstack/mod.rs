@@ -21,7 +21,7 @@
 //! | `network` | network name or id machines attach to; unset: the project's only non-external network |
 //! | `security_group` | security group name or id; unset: Neutron's `default` |
 //! | `availability_zone` | Nova availability zone |
-//! | `anti_affinity` | `true`: control-plane machines of one cluster pool go into a server group with the `anti-affinity` policy (one per host); default `false` |
+//! | `anti_affinity` | `true` (or `hard`): the control-plane machines of one cluster pool go into a server group with the `anti-affinity` policy (never two on one host; needs Nova's `ServerGroupAntiAffinityFilter`, on by default); `soft`: the `soft-anti-affinity` policy (spread when possible); default `false` |
 //! | `config_drive` | `true`: boot with a config drive (sites without the metadata service); default `false` |
 //!
 //! Machines are Nova servers named after [`MachineSpec::name`] with metadata
@@ -91,7 +91,8 @@ struct Settings {
     network: Option<String>,
     security_group: Option<String>,
     availability_zone: Option<String>,
-    anti_affinity: bool,
+    /// Server group policy for control planes.
+    anti_affinity: Option<&'static str>,
     config_drive: bool,
 }
 
@@ -122,6 +123,24 @@ fn parse_bool(key: &str, value: &str) -> Result<bool, ProviderError> {
             format!("{value:?} is not a boolean: write true or false"),
         )),
     }
+}
+
+/// The server group policy of the `anti_affinity` setting.
+fn parse_anti_affinity(value: &str) -> Result<Option<&'static str>, ProviderError> {
+    if value.trim().eq_ignore_ascii_case("soft") {
+        return Ok(Some("soft-anti-affinity"));
+    }
+    if value.trim().eq_ignore_ascii_case("hard") {
+        return Ok(Some("anti-affinity"));
+    }
+    parse_bool("anti_affinity", value)
+        .map(|on| on.then_some("anti-affinity"))
+        .map_err(|_| {
+            ProviderError::invalid(
+                "anti_affinity",
+                format!("{value:?}: write true (or hard), soft or false"),
+            )
+        })
 }
 
 impl OpenStack {
@@ -198,7 +217,7 @@ impl OpenStack {
             network: get("network"),
             security_group: get("security_group"),
             availability_zone: get("availability_zone"),
-            anti_affinity: parse_bool("anti_affinity", &get("anti_affinity").unwrap_or_default())?,
+            anti_affinity: parse_anti_affinity(&get("anti_affinity").unwrap_or_default())?,
             config_drive: parse_bool("config_drive", &get("config_drive").unwrap_or_default())?,
         };
         let http = super::http::client(&account.ca_bundle, REQUEST_TIMEOUT)?;
@@ -295,22 +314,21 @@ impl OpenStack {
         nova: &Nova<'_>,
         cluster_id: &str,
         pool: &str,
+        policy: &str,
     ) -> Result<String, ProviderError> {
-        let name = format!("palisade-{cluster_id}-{pool}");
+        let name = format!("palisade-{cluster_id}-{pool}-{policy}");
         let pick = |groups: Vec<nova::ServerGroup>| {
             // Two concurrent callers may both create one: all settle on the same group.
             groups
                 .into_iter()
                 .filter(|g| g.name == name)
-                .min_by(|a, b| {
-                    (a.members.is_empty(), &a.id).cmp(&(b.members.is_empty(), &b.id))
-                })
+                .min_by(|a, b| (a.members.is_empty(), &a.id).cmp(&(b.members.is_empty(), &b.id)))
                 .map(|g| g.id)
         };
         if let Some(id) = pick(nova.server_groups().await?) {
             return Ok(id);
         }
-        let created = nova.create_anti_affinity_group(&name).await?;
+        let created = nova.create_server_group(&name, policy).await?;
         Ok(pick(nova.server_groups().await?).unwrap_or(created.id))
     }
 
@@ -509,16 +527,17 @@ async fn image_body(
                     )
                 })?
                 .len();
-            let stream = futures_util::stream::try_unfold((file, seen), |(mut f, seen)| async move {
-                let mut buf = vec![0u8; 256 * 1024];
-                let n = f.read(&mut buf).await?;
-                if n == 0 {
-                    return Ok::<_, std::io::Error>(None);
-                }
-                buf.truncate(n);
-                Seen::add(&seen, &buf);
-                Ok(Some((buf, (f, seen))))
-            });
+            let stream =
+                futures_util::stream::try_unfold((file, seen), |(mut f, seen)| async move {
+                    let mut buf = vec![0u8; 256 * 1024];
+                    let n = f.read(&mut buf).await?;
+                    if n == 0 {
+                        return Ok::<_, std::io::Error>(None);
+                    }
+                    buf.truncate(n);
+                    Seen::add(&seen, &buf);
+                    Ok(Some((buf, (f, seen))))
+                });
             Ok((reqwest::Body::wrap_stream(stream), Some(len)))
         }
         ImageLocation::Url { url, ca_pem } => {
@@ -556,8 +575,16 @@ impl Provider for OpenStack {
         let token = self.session.relogin().await?;
         let mut checks = vec![format!(
             "logged in to Keystone as {} with {} (roles: {})",
-            if token.user.is_empty() { "the application credential's user" } else { &token.user },
-            if self.application_credential { "an application credential" } else { "a password" },
+            if token.user.is_empty() {
+                "the application credential's user"
+            } else {
+                &token.user
+            },
+            if self.application_credential {
+                "an application credential"
+            } else {
+                "a password"
+            },
             token.roles.join(", ")
         )];
         checks.push(format!(
@@ -622,14 +649,21 @@ impl Provider for OpenStack {
             checks.push(format!("availability zone {az}"));
         }
         self.session
-            .call(Service::Image, reqwest::Method::GET, "/images", &[("limit", "1".into())], None, &[])
+            .call(
+                Service::Image,
+                reqwest::Method::GET,
+                "/images",
+                &[("limit", "1".into())],
+                None,
+                &[],
+            )
             .await?
             .expect_ok("list Glance images")?;
         checks.push("Glance answers".into());
-        if self.settings.anti_affinity {
-            let quota_hint = nova.server_groups().await?.len();
+        if let Some(policy) = self.settings.anti_affinity {
+            let groups = nova.server_groups().await?.len();
             checks.push(format!(
-                "anti-affinity server groups for control planes ({quota_hint} server groups in the project)"
+                "{policy} server groups for control planes ({groups} server groups in the project)"
             ));
         }
         let region = self
@@ -653,32 +687,57 @@ impl Provider for OpenStack {
         };
         let mut flavors = nova.flavors().await?;
         flavors.retain(|f| !f.disabled);
-        flavors.sort_by(|a, b| (a.ram, a.vcpus, a.disk, &a.name).cmp(&(b.ram, b.vcpus, b.disk, &b.name)));
+        flavors.sort_by(|a, b| {
+            (a.ram, a.vcpus, a.disk, &a.name).cmp(&(b.ram, b.vcpus, b.disk, &b.name))
+        });
         for f in &flavors {
             out.push(choice("flavor", &f.name, f.label()));
         }
         let networks = self.neutron().networks(&[]).await?;
         for n in &networks {
             let unique = networks.iter().filter(|m| m.name == n.name).count() == 1;
-            let value = if unique && !n.name.is_empty() { &n.name } else { &n.id };
+            let value = if unique && !n.name.is_empty() {
+                &n.name
+            } else {
+                &n.id
+            };
             let ext = if n.external { ", external" } else { "" };
-            out.push(choice("network", value, format!("{} ({}{ext})", n.label(), n.id)));
+            out.push(choice(
+                "network",
+                value,
+                format!("{} ({}{ext})", n.label(), n.id),
+            ));
         }
         let groups = self.neutron().security_groups().await?;
         for g in &groups {
             let unique = groups.iter().filter(|m| m.name == g.name).count() == 1;
-            let value = if unique && !g.name.is_empty() { &g.name } else { &g.id };
-            out.push(choice("security_group", value, format!("{} ({})", g.name, g.id)));
+            let value = if unique && !g.name.is_empty() {
+                &g.name
+            } else {
+                &g.id
+            };
+            out.push(choice(
+                "security_group",
+                value,
+                format!("{} ({})", g.name, g.id),
+            ));
         }
         for z in nova.availability_zones().await? {
             out.push(choice("availability_zone", &z, z.clone()));
         }
         for i in self.glance().list(&[("status", "active".into())]).await? {
-            let size = i.size.map(|s| format!(", {} MiB", s.div_ceil(1 << 20))).unwrap_or_default();
+            let size = i
+                .size
+                .map(|s| format!(", {} MiB", s.div_ceil(1 << 20)))
+                .unwrap_or_default();
             out.push(choice(
                 "image",
                 &i.id,
-                format!("{} ({}{size})", i.label(), i.disk_format.as_deref().unwrap_or("?")),
+                format!(
+                    "{} ({}{size})",
+                    i.label(),
+                    i.disk_format.as_deref().unwrap_or("?")
+                ),
             ));
         }
         Ok(out)
@@ -718,7 +777,9 @@ impl Provider for OpenStack {
                 glance.delete(&found.id).await?;
             }
         }
-        let created = glance.create(&image.name, disk_format, &image.sha256).await?;
+        let created = glance
+            .create(&image.name, disk_format, &image.sha256)
+            .await?;
         let seen = Arc::new(Mutex::new(Seen::default()));
         let uploaded = async {
             let (body, len) = image_body(image, seen.clone()).await?;
@@ -840,9 +901,9 @@ impl Provider for OpenStack {
             (TAG_ROLE.to_string(), role_name(spec.role).to_string()),
         ]);
         let mut hints = None;
-        if self.settings.anti_affinity && spec.role == NodeRole::ControlPlane {
+        if let (Some(policy), NodeRole::ControlPlane) = (self.settings.anti_affinity, spec.role) {
             let group = self
-                .anti_affinity_group(&nova, &spec.cluster_id, &spec.pool)
+                .anti_affinity_group(&nova, &spec.cluster_id, &spec.pool, policy)
                 .await?;
             hints = Some(json!({"group": group}));
             metadata.insert(TAG_SERVER_GROUP.to_string(), group);
@@ -927,9 +988,7 @@ impl Provider for OpenStack {
         };
         let server = nova.server(&id.id).await?.ok_or_else(gone)?;
         let done = |s: &Server| match op {
-            PowerOp::On => {
-                s.status == "ACTIVE" || s.task_state.as_deref() == Some("powering-on")
-            }
+            PowerOp::On => s.status == "ACTIVE" || s.task_state.as_deref() == Some("powering-on"),
             PowerOp::Off => {
                 s.status == "SHUTOFF" || s.task_state.as_deref() == Some("powering-off")
             }
@@ -996,7 +1055,9 @@ impl Provider for OpenStack {
         for p in neutron.ports_named(&id.name).await? {
             let ours = match &cluster {
                 Some(c) => p.description == port_description(&id.name, c),
-                None => p.description.starts_with(&format!("palisade machine {} of cluster ", id.name)),
+                None => p
+                    .description
+                    .starts_with(&format!("palisade machine {} of cluster ", id.name)),
             };
             if ours && (p.device_id.is_empty() || p.device_id == id.id) {
                 neutron.delete_port(&p.id).await?;
@@ -1056,16 +1117,45 @@ mod tests {
             memory_mib,
             disk_gib,
         };
-        assert_eq!(choose_flavor(&flavors, None, &size(1, 1024, 10)).expect("fits").name, "m1.small");
-        assert_eq!(choose_flavor(&flavors, None, &size(2, 2048, 10)).expect("fits").name, "m1.medium");
+        assert_eq!(
+            choose_flavor(&flavors, None, &size(1, 1024, 10))
+                .expect("fits")
+                .name,
+            "m1.small"
+        );
+        assert_eq!(
+            choose_flavor(&flavors, None, &size(2, 2048, 10))
+                .expect("fits")
+                .name,
+            "m1.medium"
+        );
         let err = choose_flavor(&flavors, None, &size(8, 1024, 10)).expect_err("too big");
         assert_eq!(err.kind, ErrorKind::NotFound);
-        assert!(err.message.contains("m1.large (4 vCPU, 8192 MiB, 80 GiB)"), "{}", err.message);
+        assert!(
+            err.message.contains("m1.large (4 vCPU, 8192 MiB, 80 GiB)"),
+            "{}",
+            err.message
+        );
         // The setting wins over the size, by id or name.
-        assert_eq!(choose_flavor(&flavors, Some("1"), &size(8, 1024, 10)).expect("id").name, "m1.tiny");
-        assert_eq!(choose_flavor(&flavors, Some("m1.large"), &size(1, 1024, 10)).expect("name").id, "4");
-        let err = choose_flavor(&flavors, Some("m9.huge"), &size(1, 1024, 10)).expect_err("missing");
-        assert!(err.message.contains("\"m9.huge\"") && err.message.contains("`flavor`"), "{}", err.message);
+        assert_eq!(
+            choose_flavor(&flavors, Some("1"), &size(8, 1024, 10))
+                .expect("id")
+                .name,
+            "m1.tiny"
+        );
+        assert_eq!(
+            choose_flavor(&flavors, Some("m1.large"), &size(1, 1024, 10))
+                .expect("name")
+                .id,
+            "4"
+        );
+        let err =
+            choose_flavor(&flavors, Some("m9.huge"), &size(1, 1024, 10)).expect_err("missing");
+        assert!(
+            err.message.contains("\"m9.huge\"") && err.message.contains("`flavor`"),
+            "{}",
+            err.message
+        );
     }
 
     fn server(status: &str, fault: Option<&str>) -> Server {
@@ -1079,15 +1169,26 @@ mod tests {
 
     #[test]
     fn maps_nova_statuses_to_machine_states() {
-        assert_eq!(machine_state(&server("ACTIVE", None)), MachineState::Running);
-        assert_eq!(machine_state(&server("BUILD", None)), MachineState::Provisioning);
+        assert_eq!(
+            machine_state(&server("ACTIVE", None)),
+            MachineState::Running
+        );
+        assert_eq!(
+            machine_state(&server("BUILD", None)),
+            MachineState::Provisioning
+        );
         assert_eq!(machine_state(&server("SHUTOFF", None)), MachineState::Off);
         assert_eq!(
             machine_state(&server("ERROR", Some("No valid host was found. "))),
             MachineState::Failed("No valid host was found.".into())
         );
-        assert!(matches!(machine_state(&server("ERROR", None)), MachineState::Failed(m) if m.contains("without")));
-        assert!(matches!(machine_state(&server("UNKNOWN", None)), MachineState::Failed(_)));
+        assert!(
+            matches!(machine_state(&server("ERROR", None)), MachineState::Failed(m) if m.contains("without"))
+        );
+        assert!(matches!(
+            machine_state(&server("UNKNOWN", None)),
+            MachineState::Failed(_)
+        ));
         let m = to_machine(&server("ACTIVE", None));
         assert_eq!((m.cluster_id.as_str(), m.pool.as_str()), ("c1", "w"));
     }
@@ -1098,7 +1199,10 @@ mod tests {
             endpoint: "http://127.0.0.1:5000/v3".into(),
             ca_bundle: String::new(),
             credentials: creds,
-            placement: placement.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            placement: placement
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         }
     }
 
@@ -1115,11 +1219,17 @@ mod tests {
         assert!(OpenStack::new(&account(&[("project", "demo")], password())).is_ok());
         let e = OpenStack::new(&account(&[], password())).expect_err("no project");
         assert!(e.message.starts_with("project:"), "{}", e.message);
-        let e = OpenStack::new(&account(&[("project", "demo"), ("flavour", "x")], password()))
-            .expect_err("typo");
+        let e = OpenStack::new(&account(
+            &[("project", "demo"), ("flavour", "x")],
+            password(),
+        ))
+        .expect_err("typo");
         assert!(e.message.contains("\"flavour\""), "{}", e.message);
-        let e = OpenStack::new(&account(&[("project", "demo"), ("anti_affinity", "maybe")], password()))
-            .expect_err("bool");
+        let e = OpenStack::new(&account(
+            &[("project", "demo"), ("anti_affinity", "maybe")],
+            password(),
+        ))
+        .expect_err("bool");
         assert!(e.message.starts_with("anti_affinity:"), "{}", e.message);
         let app = Credentials {
             application_credential_id: "id".into(),
@@ -1129,7 +1239,10 @@ mod tests {
         assert!(OpenStack::new(&account(&[], app)).is_ok());
         let mut bad = account(&[("project", "demo")], password());
         bad.endpoint = "keystone:5000".into();
-        assert_eq!(OpenStack::new(&bad).expect_err("url").kind, ErrorKind::Invalid);
+        assert_eq!(
+            OpenStack::new(&bad).expect_err("url").kind,
+            ErrorKind::Invalid
+        );
     }
 
     #[test]
@@ -1139,8 +1252,15 @@ mod tests {
             cluster_id: "0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b".into(),
             pool: "p".repeat(63),
             role: NodeRole::Worker,
-            size: MachineSize { cpus: 1, memory_mib: 1024, disk_gib: 10 },
-            image: ImageRef { id: "i".into(), name: "i".into() },
+            size: MachineSize {
+                cpus: 1,
+                memory_mib: 1024,
+                disk_gib: 10,
+            },
+            image: ImageRef {
+                id: "i".into(),
+                name: "i".into(),
+            },
             bootstrap: crate::providers::Bootstrap {
                 user_data: String::new(),
                 meta_data: String::new(),
@@ -1155,6 +1275,26 @@ mod tests {
                 "palisade-role=worker".to_string()
             ]
         );
+    }
+
+    #[test]
+    fn anti_affinity_is_hard_soft_or_off() {
+        assert_eq!(
+            parse_anti_affinity("true").expect("true"),
+            Some("anti-affinity")
+        );
+        assert_eq!(
+            parse_anti_affinity("Hard").expect("hard"),
+            Some("anti-affinity")
+        );
+        assert_eq!(
+            parse_anti_affinity("soft").expect("soft"),
+            Some("soft-anti-affinity")
+        );
+        assert_eq!(parse_anti_affinity("").expect("unset"), None);
+        assert_eq!(parse_anti_affinity("false").expect("false"), None);
+        let e = parse_anti_affinity("sometimes").expect_err("bad");
+        assert!(e.message.contains("soft"), "{}", e.message);
     }
 
     #[test]

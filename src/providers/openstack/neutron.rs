@@ -88,7 +88,13 @@ impl Neutron<'_> {
         }
         let l: L = self
             .session
-            .get(Service::Network, "/networks", query, &[], "list Neutron networks")
+            .get(
+                Service::Network,
+                "/networks",
+                query,
+                &[],
+                "list Neutron networks",
+            )
             .await?;
         Ok(l.networks)
     }
@@ -211,14 +217,25 @@ impl Neutron<'_> {
         let what = format!("create Neutron port {name} with address {ip}");
         let reply = self
             .session
-            .call(Service::Network, Method::POST, "/ports", &[], Some(&json!({"port": port})), &[])
+            .call(
+                Service::Network,
+                Method::POST,
+                "/ports",
+                &[],
+                Some(&json!({"port": port})),
+                &[],
+            )
             .await?;
         let b: B = reply.expect_ok(&what)?.json(&what)?;
         Ok(b.port)
     }
 
     /// Replace the tags of a port (the `standard-attr-tag` extension).
-    pub(super) async fn set_port_tags(&self, id: &str, tags: &[String]) -> Result<(), ProviderError> {
+    pub(super) async fn set_port_tags(
+        &self,
+        id: &str,
+        tags: &[String],
+    ) -> Result<(), ProviderError> {
         self.session
             .call(
                 Service::Network,
@@ -237,7 +254,14 @@ impl Neutron<'_> {
     pub(super) async fn delete_port(&self, id: &str) -> Result<(), ProviderError> {
         let reply = self
             .session
-            .call(Service::Network, Method::DELETE, &format!("/ports/{id}"), &[], None, &[])
+            .call(
+                Service::Network,
+                Method::DELETE,
+                &format!("/ports/{id}"),
+                &[],
+                None,
+                &[],
+            )
             .await?;
         if reply.status == StatusCode::NOT_FOUND {
             return Ok(());
@@ -307,6 +331,10 @@ mod tests {
     fn missing_settings_name_what_exists() {
         let e = missing("network", "nope", &["a".into(), "b".into()]);
         assert_eq!(e.kind, ErrorKind::NotFound);
-        assert!(e.message.contains("\"nope\"") && e.message.contains("a, b"), "{}", e.message);
+        assert!(
+            e.message.contains("\"nope\"") && e.message.contains("a, b"),
+            "{}",
+            e.message
+        );
     }
 }

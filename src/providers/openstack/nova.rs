@@ -185,7 +185,14 @@ pub(super) async fn negotiate(session: &Session) -> Result<(u32, u32), ProviderE
         doc_url = stripped.to_string();
     }
     let reply = session
-        .call(Service::Compute, Method::GET, &format!("{doc_url}/"), &[], None, &[])
+        .call(
+            Service::Compute,
+            Method::GET,
+            &format!("{doc_url}/"),
+            &[],
+            None,
+            &[],
+        )
         .await?
         .expect_ok("read Nova's API version")?;
     let doc: Value = reply.json("read Nova's API version")?;
@@ -329,8 +336,13 @@ impl Nova<'_> {
 
     /// `POST /servers/{id}/action`; the answer is returned whatever its status.
     pub(super) async fn action(&self, id: &str, body: Value) -> Result<Reply, ProviderError> {
-        self.call(Method::POST, &format!("/servers/{id}/action"), &[], Some(&body))
-            .await
+        self.call(
+            Method::POST,
+            &format!("/servers/{id}/action"),
+            &[],
+            Some(&body),
+        )
+        .await
     }
 
     /// The project's server groups.
@@ -353,7 +365,10 @@ impl Nova<'_> {
     }
 
     /// One server group; `None` when it does not exist.
-    pub(super) async fn server_group(&self, id: &str) -> Result<Option<ServerGroup>, ProviderError> {
+    pub(super) async fn server_group(
+        &self,
+        id: &str,
+    ) -> Result<Option<ServerGroup>, ProviderError> {
         #[derive(Deserialize)]
         struct Group {
             server_group: ServerGroup,
@@ -371,31 +386,45 @@ impl Nova<'_> {
         Ok(g.map(|g| g.server_group))
     }
 
-    /// Create a server group with the `anti-affinity` policy.
-    pub(super) async fn create_anti_affinity_group(
+    /// Create a server group with this policy (`anti-affinity`, `soft-anti-affinity`).
+    pub(super) async fn create_server_group(
         &self,
         name: &str,
+        policy: &str,
     ) -> Result<ServerGroup, ProviderError> {
         let group = if self.single_policy() {
-            json!({"name": name, "policy": "anti-affinity"})
+            json!({"name": name, "policy": policy})
         } else {
-            json!({"name": name, "policies": ["anti-affinity"]})
+            json!({"name": name, "policies": [policy]})
         };
         let what = format!("create Nova server group {name}");
         let v: Value = self
-            .call(Method::POST, "/os-server-groups", &[], Some(&json!({"server_group": group})))
+            .call(
+                Method::POST,
+                "/os-server-groups",
+                &[],
+                Some(&json!({"server_group": group})),
+            )
             .await?
             .expect_ok(&what)?
             .json(&what)?;
         serde_json::from_value(v.get("server_group").cloned().unwrap_or(Value::Null)).map_err(|e| {
-            ProviderError::new(ErrorKind::Protocol, format!("{what}: unexpected answer: {e}"))
+            ProviderError::new(
+                ErrorKind::Protocol,
+                format!("{what}: unexpected answer: {e}"),
+            )
         })
     }
 
     /// Delete a server group; one already gone is success.
     pub(super) async fn delete_server_group(&self, id: &str) -> Result<(), ProviderError> {
         let reply = self
-            .call(Method::DELETE, &format!("/os-server-groups/{id}"), &[], None)
+            .call(
+                Method::DELETE,
+                &format!("/os-server-groups/{id}"),
+                &[],
+                None,
+            )
             .await?;
         if reply.status == StatusCode::NOT_FOUND {
             return Ok(());
@@ -482,10 +511,16 @@ mod tests {
             "flavor": {"vcpus": 1, "ram": 512, "disk": 1, "original_name": "m1.tiny"}}}"#;
         let s: ServerBody = serde_json::from_str(body).expect("server");
         let s = s.server;
-        assert_eq!(s.fault.as_ref().map(|f| f.message.trim()), Some("No valid host was found."));
+        assert_eq!(
+            s.fault.as_ref().map(|f| f.message.trim()),
+            Some("No valid host was found.")
+        );
         assert_eq!(s.server_groups, Some(vec!["g1".to_string()]));
         assert_eq!(s.ip_addresses(), vec!["10.0.0.5", "fd00::5", "172.24.4.9"]);
-        assert_eq!(s.metadata.get("palisade-pool").map(String::as_str), Some("cp"));
+        assert_eq!(
+            s.metadata.get("palisade-pool").map(String::as_str),
+            Some("cp")
+        );
         // Servers booted from a volume have "image": "".
         let vol = r#"{"id": "1", "name": "n", "status": "BUILD", "image": ""}"#;
         let s: Server = serde_json::from_str(vol).expect("volume-backed");
@@ -501,7 +536,9 @@ mod tests {
 
     #[test]
     fn tags_and_name_filters() {
-        assert!(valid_tag("palisade-cluster=0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b"));
+        assert!(valid_tag(
+            "palisade-cluster=0193a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b"
+        ));
         assert!(!valid_tag(&"x".repeat(61)));
         assert!(!valid_tag("a,b"));
         assert_eq!(exact_name_filter("a.b-1"), "^a\\.b-1$");
