@@ -934,11 +934,14 @@ async fn a_static_address_boots_on_its_own_port_which_goes_with_the_machine() {
 
 #[tokio::test]
 async fn powers_a_machine_off_and_on() {
-    let p = demo(&[("flavor", "m1.tiny")]);
+    let p = demo(&[("flavor", "m1.tiny"), ("security_group", "default")]);
     let cluster = uuid::Uuid::now_v7().to_string();
     let s = spec(&unique("pw"), &cluster, "w", NodeRole::Worker);
     let _permit = BUILDS.acquire().await.expect("permit");
     let m = ensure_running(p.as_ref(), &s).await.reference();
+    let v = admin_get(&format!("{}/servers/{}", peer().var("COMPUTE_URL"), m.id), "2.71").await;
+    assert_eq!(v["server"]["security_groups"][0]["name"], "default");
+    assert_eq!(v["server"]["flavor"]["original_name"], "m1.tiny", "the flavor setting wins");
     retried("off", || p.power(&m, PowerOp::Off)).await;
     retried("off twice is fine", || p.power(&m, PowerOp::Off)).await;
     wait_for(p.as_ref(), &m, "off", |m| {
