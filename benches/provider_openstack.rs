@@ -15,7 +15,8 @@ use palisade::providers::{
 type Fail = Box<dyn std::error::Error>;
 
 fn var(name: &str) -> Result<String, Fail> {
-    std::env::var(name).map_err(|_| format!("{name} is not set (run benches/provider_openstack.sh)").into())
+    std::env::var(name)
+        .map_err(|_| format!("{name} is not set (run benches/provider_openstack.sh)").into())
 }
 
 fn num(name: &str, default: usize) -> Result<usize, Fail> {
@@ -112,7 +113,12 @@ async fn main() -> Result<(), Fail> {
     let all = p.machines(&cluster).await?;
     let t1 = Instant::now();
     let errors: Vec<String> = futures_util::stream::iter(all.iter())
-        .map(|m| async move { p.delete_machine(&m.reference()).await.err().map(|e| e.to_string()) })
+        .map(|m| async move {
+            p.delete_machine(&m.reference())
+                .await
+                .err()
+                .map(|e| e.to_string())
+        })
         .buffer_unordered(concurrency)
         .filter_map(|e| async move { e })
         .collect()

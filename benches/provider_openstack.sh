@@ -17,9 +17,13 @@ export BENCH_FLAVOR="${BENCH_FLAVOR:-m1.tiny}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}"
 sdk=(/usr/bin/python3 benches/provider_openstack_sdk.py)
 
-echo "building the bench (release)..." >&2
-exe=$(cargo bench --locked --offline --no-run --bench provider_openstack 2>&1 |
-  sed -n 's/.*Executable .*(\(.*\))$/\1/p' | tail -n 1)
+# BENCH_BIN: an already built bench executable (skips the build).
+exe="${BENCH_BIN:-}"
+if [[ -z $exe ]]; then
+  echo "building the bench (release)..." >&2
+  exe=$(cargo bench --locked --offline --no-run --bench provider_openstack 2>&1 |
+    sed -n 's/.*Executable .*(\(.*\))$/\1/p' | tail -n 1)
+fi
 [[ -x "$exe" ]] || { echo "cannot find the provider_openstack bench executable" >&2; exit 1; }
 
 echo "starting (or reusing) the OpenStack peer..." >&2

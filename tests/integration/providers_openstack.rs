@@ -269,6 +269,15 @@ static BUILDS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
 /// maximum number of retries") or stays in BUILD for good. Such a machine is deleted and
 /// ensured again, as the orchestrator does with a failed or stuck machine (3 tries at most).
 async fn ensure_running(p: &dyn Provider, spec: &MachineSpec) -> Machine {
+    ensure_settled(p, spec, |s| *s == MachineState::Running).await
+}
+
+/// [`ensure_running`] for any final state `done` accepts.
+async fn ensure_settled(
+    p: &dyn Provider,
+    spec: &MachineSpec,
+    done: impl Fn(&MachineState) -> bool,
+) -> Machine {
     for attempt in 1..=3 {
         let m = retried("ensure", || p.ensure_machine(spec))
             .await
@@ -281,7 +290,7 @@ async fn ensure_running(p: &dyn Provider, spec: &MachineSpec) -> Machine {
                 .expect("read machine")
                 .expect("machine exists");
             match &now.state {
-                MachineState::Running => return now,
+                s if done(s) => return now,
                 MachineState::Failed(why)
                     if !why.contains("Exceeded maximum number of retries") =>
                 {
@@ -294,7 +303,7 @@ async fn ensure_running(p: &dyn Provider, spec: &MachineSpec) -> Machine {
         };
         assert!(
             attempt < 3,
-            "{} did not run in 3 tries: {state:?}",
+            "{} did not settle in 3 tries: {state:?}",
             spec.name
         );
         eprintln!(
@@ -766,7 +775,7 @@ async fn creates_a_cluster_finds_it_again_and_deletes_it() {
 }
 
 #[tokio::test]
-async fn a_create_whose_answer_was_lost_is_found_instead_of_duplicated() {
+async fn a_lost_create_answer_and_a_racing_duplicate_leave_one_server() {
     // The first create reached Nova but the answer never came back: the server exists with the
     // machine's name and metadata, made here directly with the demo user's token.
     let concrete = palisade::providers::openstack::OpenStack::new(&account(
@@ -791,24 +800,48 @@ async fn a_create_whose_answer_was_lost_is_found_instead_of_duplicated() {
         .json()
         .await
         .expect("json");
-    let r = http
-        .post(format!("{}/servers", peer().var("COMPUTE_URL")))
-        .header("X-Auth-Token", &token)
-        .header("OpenStack-API-Version", "compute 2.52")
-        .json(&json!({"server": {"name": s.name, "imageRef": peer().boot_image, "flavorRef": "2",
-            "networks": [{"uuid": net["networks"][0]["id"]}],
-            "tags": [format!("palisade-cluster={cluster}")],
-            "metadata": {"palisade-cluster": cluster, "palisade-pool": "w", "palisade-role": "worker"}}}))
-        .send()
-        .await
-        .expect("create");
-    assert_eq!(r.status(), 202);
-    let first: Value = r.json().await.expect("json");
-    let first_id = first["server"]["id"].as_str().expect("id").to_string();
+    let create = || async {
+        let r = http
+            .post(format!("{}/servers", peer().var("COMPUTE_URL")))
+            .header("X-Auth-Token", &token)
+            .header("OpenStack-API-Version", "compute 2.52")
+            .json(&json!({"server": {"name": s.name, "imageRef": peer().boot_image, "flavorRef": "2",
+                "networks": [{"uuid": net["networks"][0]["id"]}],
+                "tags": [format!("palisade-cluster={cluster}")],
+                "metadata": {"palisade-cluster": cluster, "palisade-pool": "w", "palisade-role": "worker"}}}))
+            .send()
+            .await
+            .expect("create");
+        assert_eq!(r.status(), 202);
+        let v: Value = r.json().await.expect("json");
+        v["server"]["id"].as_str().expect("id").to_string()
+    };
+    let first_id = create().await;
+    // And a second caller raced the first: two servers for one machine.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let second_id = create().await;
+    assert_eq!(concrete.machines(&cluster).await.expect("list").len(), 2);
 
     let m = retried("ensure", || concrete.ensure_machine(&s)).await;
-    assert_eq!(m.id, first_id);
-    assert_eq!(concrete.machines(&cluster).await.expect("list").len(), 1);
+    assert_eq!(m.id, first_id, "the oldest server is the machine");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ids: Vec<String> = concrete
+            .machines(&cluster)
+            .await
+            .expect("list")
+            .into_iter()
+            .map(|m| m.id)
+            .collect();
+        if ids == vec![first_id.clone()] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the duplicate {second_id} is not deleted: {ids:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let r = m.reference();
     retried("delete", || concrete.delete_machine(&r)).await;
     assert!(concrete.machines(&cluster).await.expect("list").is_empty());
@@ -939,9 +972,16 @@ async fn powers_a_machine_off_and_on() {
     let s = spec(&unique("pw"), &cluster, "w", NodeRole::Worker);
     let _permit = BUILDS.acquire().await.expect("permit");
     let m = ensure_running(p.as_ref(), &s).await.reference();
-    let v = admin_get(&format!("{}/servers/{}", peer().var("COMPUTE_URL"), m.id), "2.71").await;
+    let v = admin_get(
+        &format!("{}/servers/{}", peer().var("COMPUTE_URL"), m.id),
+        "2.71",
+    )
+    .await;
     assert_eq!(v["server"]["security_groups"][0]["name"], "default");
-    assert_eq!(v["server"]["flavor"]["original_name"], "m1.tiny", "the flavor setting wins");
+    assert_eq!(
+        v["server"]["flavor"]["original_name"], "m1.tiny",
+        "the flavor setting wins"
+    );
     retried("off", || p.power(&m, PowerOp::Off)).await;
     retried("off twice is fine", || p.power(&m, PowerOp::Off)).await;
     wait_for(p.as_ref(), &m, "off", |m| {
@@ -1012,27 +1052,15 @@ async fn hard_anti_affinity_puts_control_planes_in_a_group_the_scheduler_enforce
     let cluster = uuid::Uuid::now_v7().to_string();
     let s = spec(&unique("aa"), &cluster, "cp", NodeRole::ControlPlane);
     let _permit = BUILDS.acquire().await.expect("permit");
-    let m = retried("ensure", || p.ensure_machine(&s)).await.reference();
-    let settled = wait_for(p.as_ref(), &m, "running or failed", |m| {
-        matches!(
-            m,
-            Some(Machine {
-                state: MachineState::Running | MachineState::Failed(_),
-                ..
-            })
-        )
-    })
-    .await
-    .expect("machine");
     // The peer's scheduler runs without ServerGroupAntiAffinityFilter (a real Nova has it by
     // default): there the hint reaches the scheduler, which refuses it by name.
-    match &settled.state {
-        MachineState::Running => {}
-        MachineState::Failed(why) => {
-            assert!(why.contains("ServerGroupAntiAffinityFilter"), "{why}")
-        }
-        other => panic!("unexpected state {other:?}"),
-    }
+    let settled = ensure_settled(p.as_ref(), &s, |state| match state {
+        MachineState::Running => true,
+        MachineState::Failed(why) => why.contains("ServerGroupAntiAffinityFilter"),
+        _ => false,
+    })
+    .await;
+    let m = settled.reference();
     let compute = peer().var("COMPUTE_URL").to_string();
     let v = admin_get(&format!("{compute}/servers/{}", m.id), "2.71").await;
     let group_id = v["server"]["server_groups"][0]

@@ -58,6 +58,52 @@ use crate::model::{MachineSize, NodeRole};
 
 /// Metadata key holding the id of the anti-affinity server group a machine was created in.
 pub const TAG_SERVER_GROUP: &str = "palisade-server-group";
+/// Metadata key holding the id of the Neutron port created for a machine's static address.
+pub const TAG_PORT: &str = "palisade-port";
+
+/// How long resolved settings (flavors, network, security group, active images) are reused
+/// before being read again: the orchestrator creates many machines in a row.
+const CACHE_TTL: Duration = Duration::from_secs(60);
+
+/// A value read from the cloud and when.
+type Cached<T> = tokio::sync::Mutex<Option<(Instant, T)>>;
+
+/// Resolve `fetch` once per [`CACHE_TTL`]; concurrent callers wait for one fetch.
+async fn cached<T: Clone, F, Fut>(slot: &Cached<T>, fetch: F) -> Result<T, ProviderError>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ProviderError>>,
+{
+    let mut guard = slot.lock().await;
+    if let Some((at, v)) = guard.as_ref() {
+        if at.elapsed() < CACHE_TTL {
+            return Ok(v.clone());
+        }
+    }
+    let v = fetch().await?;
+    *guard = Some((Instant::now(), v.clone()));
+    Ok(v)
+}
+
+/// Settings resolved against the cloud, reused for [`CACHE_TTL`].
+#[derive(Default)]
+struct Resolved {
+    flavors: Cached<Vec<Flavor>>,
+    network: Cached<Network>,
+    security_group: Cached<Option<neutron::SecurityGroup>>,
+    /// Glance image ids seen active.
+    images: Cached<Vec<String>>,
+}
+
+impl Resolved {
+    /// Forget everything (after a create failed: a setting may have changed).
+    async fn clear(&self) {
+        *self.flavors.lock().await = None;
+        *self.network.lock().await = None;
+        *self.security_group.lock().await = None;
+        *self.images.lock().await = None;
+    }
+}
 
 /// Placement keys this provider reads.
 const PLACEMENT_KEYS: &[&str] = &[
@@ -103,6 +149,7 @@ pub struct OpenStack {
     settings: Settings,
     microversion: tokio::sync::OnceCell<(u32, u32)>,
     application_credential: bool,
+    resolved: Resolved,
 }
 
 impl std::fmt::Debug for OpenStack {
@@ -234,6 +281,7 @@ impl OpenStack {
             settings,
             microversion: tokio::sync::OnceCell::new(),
             application_credential,
+            resolved: Resolved::default(),
         })
     }
 
@@ -844,27 +892,67 @@ impl Provider for OpenStack {
         let nova = self.nova().await?;
         // Found again by name and cluster metadata: a retry after a crash, or after a create
         // whose answer was lost, returns the first server instead of making a second.
-        if let Some(s) = self
+        let found = self
             .servers_named(&nova, &spec.name, &spec.cluster_id)
-            .await?
-            .first()
-        {
-            return Ok(to_machine(s));
-        }
-        let flavor = choose_flavor(
-            &nova.flavors().await?,
-            self.settings.flavor.as_deref(),
-            &spec.size,
-        )?;
-        let glance = self.glance();
-        match glance.get(&spec.image.id).await? {
-            Some(i) if i.status == "active" => {}
-            Some(i) => {
-                return Err(ProviderError::transient(format!(
-                    "image {} ({}) is {} in Glance, not active; run ensure_image again",
-                    spec.image.name, spec.image.id, i.status
-                )))
+            .await?;
+        if let Some(first) = found.first() {
+            // Two racing callers may both have created one: the oldest stays, the others go.
+            for extra in found.iter().skip(1) {
+                tracing::warn!(server = %extra.id, name = %spec.name, "deleting a duplicate server of a machine");
+                nova.delete_server(&extra.id).await?;
             }
+            return Ok(to_machine(first));
+        }
+        let result = self.create_machine(&nova, spec).await;
+        if result.is_err() {
+            self.resolved.clear().await;
+        }
+        result
+    }
+
+    async fn machine(&self, id: &MachineRef) -> Result<Option<Machine>, ProviderError> {
+        let nova = self.nova().await?;
+        Ok(nova.server(&id.id).await?.as_ref().map(to_machine))
+    }
+
+    async fn power(&self, id: &MachineRef, op: PowerOp) -> Result<(), ProviderError> {
+        self.power_op(id, op).await
+    }
+
+    async fn delete_machine(&self, id: &MachineRef) -> Result<(), ProviderError> {
+        self.delete(id).await
+    }
+
+    async fn machines(&self, cluster_id: &str) -> Result<Vec<Machine>, ProviderError> {
+        self.list_machines(cluster_id).await
+    }
+}
+
+impl OpenStack {
+    /// Check the image a machine boots from is active in Glance (cached for a minute).
+    async fn check_image(&self, image: &ImageRef) -> Result<(), ProviderError> {
+        {
+            let known = self.resolved.images.lock().await;
+            if let Some((at, ids)) = known.as_ref() {
+                if at.elapsed() < CACHE_TTL && ids.contains(&image.id) {
+                    return Ok(());
+                }
+            }
+        }
+        let glance = self.glance();
+        match glance.get(&image.id).await? {
+            Some(i) if i.status == "active" => {
+                let mut known = self.resolved.images.lock().await;
+                match known.as_mut() {
+                    Some((at, ids)) if at.elapsed() < CACHE_TTL => ids.push(image.id.clone()),
+                    _ => *known = Some((Instant::now(), vec![image.id.clone()])),
+                }
+                Ok(())
+            }
+            Some(i) => Err(ProviderError::transient(format!(
+                "image {} ({}) is {} in Glance, not active; run ensure_image again",
+                image.name, image.id, i.status
+            ))),
             None => {
                 let names: Vec<String> = glance
                     .list(&[("status", "active".into())])
@@ -872,19 +960,33 @@ impl Provider for OpenStack {
                     .iter()
                     .map(|i| i.label().to_string())
                     .collect();
-                return Err(ProviderError::not_found(format!(
+                Err(ProviderError::not_found(format!(
                     "image {} ({}) does not exist in Glance (upload it with ensure_image); the active images are: {}",
-                    spec.image.name,
-                    spec.image.id,
+                    image.name,
+                    image.id,
                     if names.is_empty() { "none".into() } else { names.join(", ") }
-                )));
+                )))
             }
         }
-        let network = self.network().await?;
-        let security_group = match &self.settings.security_group {
-            Some(sg) => Some(self.neutron().find_security_group(sg).await?),
-            None => None,
-        };
+    }
+
+    /// Create the server of a machine (none exists).
+    async fn create_machine(
+        &self,
+        nova: &Nova<'_>,
+        spec: &MachineSpec,
+    ) -> Result<Machine, ProviderError> {
+        let flavors = cached(&self.resolved.flavors, || nova.flavors()).await?;
+        let flavor = choose_flavor(&flavors, self.settings.flavor.as_deref(), &spec.size)?;
+        self.check_image(&spec.image).await?;
+        let network = cached(&self.resolved.network, || self.network()).await?;
+        let security_group = cached(&self.resolved.security_group, || async {
+            match &self.settings.security_group {
+                Some(sg) => self.neutron().find_security_group(sg).await.map(Some),
+                None => Ok(None),
+            }
+        })
+        .await?;
         let user_data = base64::engine::general_purpose::STANDARD.encode(&spec.bootstrap.user_data);
         if user_data.len() > MAX_USER_DATA {
             return Err(ProviderError::invalid(
@@ -903,7 +1005,7 @@ impl Provider for OpenStack {
         let mut hints = None;
         if let (Some(policy), NodeRole::ControlPlane) = (self.settings.anti_affinity, spec.role) {
             let group = self
-                .anti_affinity_group(&nova, &spec.cluster_id, &spec.pool, policy)
+                .anti_affinity_group(nova, &spec.cluster_id, &spec.pool, policy)
                 .await?;
             hints = Some(json!({"group": group}));
             metadata.insert(TAG_SERVER_GROUP.to_string(), group);
@@ -918,6 +1020,7 @@ impl Provider for OpenStack {
                         security_group.as_ref().map(|g| g.id.as_str()),
                     )
                     .await?;
+                metadata.insert(TAG_PORT.to_string(), port.clone());
                 json!([{"port": port}])
             }
             None => json!([{"uuid": network.id}]),
@@ -941,44 +1044,29 @@ impl Provider for OpenStack {
         if self.settings.config_drive {
             server["config_drive"] = json!(true);
         }
-        let created = match nova.create_server(&spec.name, server, hints).await {
+        let id = match nova.create_server(&spec.name, server, hints).await {
             Ok(id) => id,
             Err(e) if e.is_transient() => {
                 // The create may have happened although its answer was lost.
-                match self
-                    .servers_named(&nova, &spec.name, &spec.cluster_id)
-                    .await
-                {
-                    Ok(found) if !found.is_empty() => found[0].id.clone(),
+                match self.servers_named(nova, &spec.name, &spec.cluster_id).await {
+                    Ok(found) if !found.is_empty() => return Ok(to_machine(&found[0])),
                     _ => return Err(e),
                 }
             }
             Err(e) => return Err(e),
         };
-        // Two racing callers may both have created one: the oldest wins, the others go.
-        let all = self
-            .servers_named(&nova, &spec.name, &spec.cluster_id)
-            .await?;
-        let keep = all.first().map(|s| s.id.clone()).unwrap_or(created);
-        for extra in all.iter().skip(1) {
-            tracing::warn!(server = %extra.id, name = %spec.name, "deleting a duplicate server of a machine");
-            nova.delete_server(&extra.id).await?;
-        }
-        match nova.server(&keep).await? {
-            Some(s) => Ok(to_machine(&s)),
-            None => Err(ProviderError::transient(format!(
-                "Nova server {} ({keep}) disappeared right after it was created; try again",
-                spec.name
-            ))),
-        }
+        // Should another caller have raced this one, the next ensure keeps the oldest server.
+        Ok(Machine {
+            id,
+            name: spec.name.clone(),
+            cluster_id: spec.cluster_id.clone(),
+            pool: spec.pool.clone(),
+            state: MachineState::Provisioning,
+            addresses: Vec::new(),
+        })
     }
 
-    async fn machine(&self, id: &MachineRef) -> Result<Option<Machine>, ProviderError> {
-        let nova = self.nova().await?;
-        Ok(nova.server(&id.id).await?.as_ref().map(to_machine))
-    }
-
-    async fn power(&self, id: &MachineRef, op: PowerOp) -> Result<(), ProviderError> {
+    async fn power_op(&self, id: &MachineRef, op: PowerOp) -> Result<(), ProviderError> {
         let nova = self.nova().await?;
         let gone = || {
             ProviderError::not_found(format!(
@@ -1021,18 +1109,18 @@ impl Provider for OpenStack {
         Err(reply.error(&what))
     }
 
-    async fn delete_machine(&self, id: &MachineRef) -> Result<(), ProviderError> {
+    async fn delete(&self, id: &MachineRef) -> Result<(), ProviderError> {
         let nova = self.nova().await?;
         let server = nova.server(&id.id).await?;
+        let port = server
+            .as_ref()
+            .and_then(|s| s.metadata.get(TAG_PORT).cloned());
         let group = server.as_ref().and_then(|s| {
             s.server_groups
                 .as_ref()
                 .and_then(|g| g.first().cloned())
                 .or_else(|| s.metadata.get(TAG_SERVER_GROUP).cloned())
         });
-        let cluster = server
-            .as_ref()
-            .and_then(|s| s.metadata.get(TAG_CLUSTER).cloned());
         if server.is_some() {
             nova.delete_server(&id.id).await?;
             let start = Instant::now();
@@ -1050,18 +1138,13 @@ impl Provider for OpenStack {
                 attempt += 1;
             }
         }
-        // The pre-created port of a static address (Nova only unbinds it).
+        // The pre-created port of a static address (Nova only unbinds it): named in the
+        // server's metadata, or, when the server was already gone, found by name.
         let neutron = self.neutron();
-        for p in neutron.ports_named(&id.name).await? {
-            let ours = match &cluster {
-                Some(c) => p.description == port_description(&id.name, c),
-                None => p
-                    .description
-                    .starts_with(&format!("palisade machine {} of cluster ", id.name)),
-            };
-            if ours && (p.device_id.is_empty() || p.device_id == id.id) {
-                neutron.delete_port(&p.id).await?;
-            }
+        if let Some(p) = &port {
+            neutron.delete_port(p).await?;
+        } else if server.is_none() {
+            self.delete_orphan_ports(id).await?;
         }
         if let Some(g) = group {
             if let Some(sg) = nova.server_group(&g).await? {
@@ -1073,7 +1156,22 @@ impl Provider for OpenStack {
         Ok(())
     }
 
-    async fn machines(&self, cluster_id: &str) -> Result<Vec<Machine>, ProviderError> {
+    /// Delete the ports created for a machine whose server is gone (a retry of a delete that
+    /// was interrupted after the server went).
+    async fn delete_orphan_ports(&self, id: &MachineRef) -> Result<(), ProviderError> {
+        let neutron = self.neutron();
+        let marker = format!("palisade machine {} of cluster ", id.name);
+        for p in neutron.ports_named(&id.name).await? {
+            if p.description.starts_with(&marker)
+                && (p.device_id.is_empty() || p.device_id == id.id)
+            {
+                neutron.delete_port(&p.id).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn list_machines(&self, cluster_id: &str) -> Result<Vec<Machine>, ProviderError> {
         let nova = self.nova().await?;
         let tag = format!("{TAG_CLUSTER}={cluster_id}");
         let query = if nova::valid_tag(&tag) {
