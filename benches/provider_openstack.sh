@@ -66,12 +66,12 @@ for line in open(sys.argv[1]):
     rows[who].append(json.loads(doc))
 def med(who, key):
     return statistics.median(r[key] for r in rows[who])
-print("| client | create (until ACTIVE), median s | delete (until gone), median s | rounds | failed builds | delete errors |")
+print("| client | create (until ACTIVE), median s | delete (until gone), median s | each round, create/delete s | failed builds | delete errors |")
 print("|---|---|---|---|---|---|")
 for who, label in (("ours", "Palisade provider"), ("sdk", "openstacksdk")):
     rs = rows[who]
-    print(f"| {label} | {med(who, 'create_s'):.1f} | {med(who, 'delete_s'):.1f} | "
-          f"{', '.join(f'{r["create_s"]:.1f}/{r["delete_s"]:.1f}' for r in rs)} | "
+    each = ", ".join("%.1f/%.1f" % (r["create_s"], r["delete_s"]) for r in rs)
+    print(f"| {label} | {med(who, 'create_s'):.1f} | {med(who, 'delete_s'):.1f} | {each} | "
           f"{sum(r['failed'] for r in rs)} | {sum(r['delete_errors'] for r in rs)} |")
 print(f"\nratio ours/sdk: create {med('ours', 'create_s') / med('sdk', 'create_s'):.2f}, "
       f"delete {med('ours', 'delete_s') / med('sdk', 'delete_s'):.2f}")
