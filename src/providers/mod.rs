@@ -9,6 +9,7 @@
 
 pub mod baremetal;
 pub mod http;
+pub mod openstack;
 pub mod vsphere;
 
 use std::collections::BTreeMap;
@@ -96,13 +97,7 @@ pub fn connect(account: &Account, ctx: &Context) -> Result<Box<dyn Provider>, Pr
     match account.kind {
         CloudKind::Baremetal => Ok(Box::new(baremetal::Baremetal::new(account, ctx)?)),
         CloudKind::Vsphere => Ok(Box::new(vsphere::VsphereProvider::new(account)?)),
-        CloudKind::Openstack => Err(ProviderError::invalid(
-            "kind",
-            format!(
-                "the {} provider is not available in this build",
-                account.kind.as_str()
-            ),
-        )),
+        CloudKind::Openstack => Ok(Box::new(openstack::OpenStack::new(account)?)),
     }
 }
 

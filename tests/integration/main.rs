@@ -18,6 +18,7 @@ mod ova_fixture;
 mod pack_sources;
 mod packs;
 mod providers_baremetal;
+mod providers_openstack;
 mod providers_vsphere;
 mod provisioning;
 mod pull_credentials;
