@@ -193,21 +193,19 @@ async fn tear_down(
     provider: &dyn Provider,
     records: Vec<MachineRecord>,
 ) -> Result<Outcome, Failure> {
-    let mut found: HashMap<String, Machine> = provider
-        .machines(&cluster.id)
-        .await?
-        .into_iter()
-        .map(|m| (m.name.clone(), m))
+    // Every machine tagged with this cluster goes, twins of one name included (a create that
+    // a crash cut off can still finish on the infrastructure), and machines whose record was
+    // lost with a restored backup: they are still this cluster's.
+    let found = provider.machines(&cluster.id).await?;
+    let mut work: Vec<(String, Option<MachineRef>)> = found
+        .iter()
+        .map(|m| (m.name.clone(), Some(m.reference())))
         .collect();
-    let mut work: Vec<(String, Option<MachineRef>)> = Vec::new();
+    // Records whose machine is already gone are only forgotten.
     for r in &records {
-        let m = found.remove(&r.name).map(|m| m.reference());
-        work.push((r.name.clone(), m));
-    }
-    // Machines tagged with this cluster but not recorded (a record lost with a restored
-    // backup): they are still this cluster's, so they go too.
-    for (name, m) in found {
-        work.push((name, Some(m.reference())));
+        if !found.iter().any(|m| m.name == r.name) {
+            work.push((r.name.clone(), None));
+        }
     }
     delete_all(ctx, cluster, provider, work, "cluster deleted").await?;
     ctx.store.finish_cluster_deletion(&cluster.id).await?;
@@ -276,12 +274,43 @@ async fn converge(
     let wanted = wanted_machines(cluster);
     let wanted_names: BTreeMap<&str, &Wanted> =
         wanted.iter().map(|w| (w.name.as_str(), w)).collect();
-    let observed: HashMap<String, Machine> = provider
-        .machines(&cluster.id)
-        .await?
-        .into_iter()
-        .map(|m| (m.name.clone(), m))
-        .collect();
+    let mut observed: HashMap<String, Machine> = HashMap::new();
+    let mut twins: Vec<Machine> = Vec::new();
+    for m in provider.machines(&cluster.id).await? {
+        match observed.remove(&m.name) {
+            None => {
+                observed.insert(m.name.clone(), m);
+            }
+            Some(other) => {
+                // Two machines of one name: a create cut off by a crash finished after its
+                // retry. Keep the recorded one (else the first) and remove the other.
+                let recorded = records
+                    .iter()
+                    .find(|r| r.name == m.name)
+                    .and_then(|r| r.provider_id.clone());
+                let (keep, drop) = if recorded.as_deref() == Some(m.id.as_str()) {
+                    (m, other)
+                } else {
+                    (other, m)
+                };
+                observed.insert(keep.name.clone(), keep);
+                twins.push(drop);
+            }
+        }
+    }
+    for twin in twins {
+        provider.delete_machine(&twin.reference()).await?;
+        ctx.store
+            .cluster_event(
+                &cluster.id,
+                Severity::Warning,
+                format!(
+                    "removed a second machine named {} ({}) that an interrupted create left",
+                    twin.name, twin.id
+                ),
+            )
+            .await?;
+    }
 
     // Scale down: workers first, highest ordinals first.
     let mut surplus: Vec<&MachineRecord> = records

@@ -1076,3 +1076,50 @@ async fn hard_anti_affinity_puts_control_planes_in_a_group_the_scheduler_enforce
     retried("delete", || p.delete_machine(&m)).await;
     assert!(p.machines(&cluster).await.expect("machines").is_empty());
 }
+
+/// An account on the demo project for the end-to-end tests through the appliance: machines
+/// boot from the fixture's image on the test network.
+fn e2e_target(password: &str, os_image: &str) -> crate::provisioning::Target {
+    let p = peer();
+    crate::provisioning::Target {
+        kind: "openstack",
+        endpoint: p.var("OS_AUTH_URL").to_string(),
+        ca_bundle: String::new(),
+        username: p.var("DEMO_USERNAME").to_string(),
+        password: password.to_string(),
+        placement: json!({"project": "demo", "network": "palisade-test-net", "flavor": "m1.small"}),
+        os_values: format!("image:\n  name: {os_image}\n"),
+        media: None,
+    }
+}
+
+/// The scenario through the appliance on the OpenStack peer.
+#[tokio::test]
+async fn provisions_scales_heals_and_deletes_a_cluster_through_the_appliance() {
+    let target = e2e_target(peer().var("DEMO_PASSWORD"), "palisade-test-boot");
+    crate::provisioning::full_lifecycle(&target, Duration::from_secs(300)).await;
+}
+
+/// `kill -9` of the appliance mid-provisioning: no server created twice.
+#[tokio::test]
+async fn an_appliance_killed_mid_provisioning_creates_no_server_twice() {
+    let target = e2e_target(peer().var("DEMO_PASSWORD"), "palisade-test-boot");
+    crate::provisioning::crash_mid_provisioning(&target, 2, Duration::from_secs(300)).await;
+}
+
+/// Wrong credentials, an unreachable Keystone and a missing image each say so.
+#[tokio::test]
+async fn broken_accounts_and_images_give_clear_errors_through_the_appliance() {
+    let limit = Duration::from_secs(120);
+    let wrong = e2e_target("not-the-password", "palisade-test-boot");
+    crate::provisioning::clear_error(&wrong, Some("credentials"), "password", limit).await;
+    let mut unreachable = e2e_target(peer().var("DEMO_PASSWORD"), "palisade-test-boot");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    unreachable.endpoint = format!("http://127.0.0.1:{closed}/v3");
+    crate::provisioning::clear_error(&unreachable, Some("unreachable"), "127.0.0.1", limit).await;
+    let no_image = e2e_target(peer().var("DEMO_PASSWORD"), "no-such-image");
+    crate::provisioning::clear_error(&no_image, None, "no-such-image", limit).await;
+}

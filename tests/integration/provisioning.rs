@@ -286,13 +286,25 @@ pub(crate) async fn full_lifecycle(target: &Target, limit: Duration) {
     peer.delete_machine(&victim.reference())
         .await
         .expect("delete behind the back");
-    // delete_machine returns once the machine is gone: its name coming back is the replacement.
+    // The appliance notices at its next pass and says so, then the name is back on the peer.
+    let replacing = format!(
+        "machine {} was deleted outside Palisade; replacing it",
+        victim.name
+    );
+    wait_for("the replacement event", limit, || async {
+        events(&s.admin, &id)
+            .await
+            .contains(&replacing)
+            .then_some(())
+    })
+    .await;
+    // The event is written once the peer no longer lists the machine: its name back on the
+    // peer is the replacement.
     wait_for("the deleted worker to be replaced", limit, || async {
         let now = on_peer(peer.as_ref(), &id).await;
         now.iter().any(|m| m.name == victim.name).then_some(())
     })
     .await;
-    assert!(events(&s.admin, &id).await.contains("replacing it"));
     wait_status(&s.admin, &id, "Running", limit).await;
 
     // With drift policy alert, a machine deleted behind the back is reported, not replaced.
