@@ -243,7 +243,9 @@ pub(crate) async fn full_lifecycle(target: &Target, limit: Duration) {
     let check = validate(&s.admin, &s.account).await;
     assert_eq!(check["state"], "ok", "{check}");
     assert!(
-        !check["placements"].as_array().map_or(true, Vec::is_empty),
+        check["placements"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty()),
         "the check fills the placement pickers: {check}"
     );
     let peer = target.provider();
