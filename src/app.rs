@@ -227,6 +227,7 @@ pub async fn start(config: ServeConfig) -> Result<Appliance, Error> {
             media: Some(boot_media.clone()),
         },
         resync: std::time::Duration::from_secs(config.resync_interval),
+        build_timeout: time::Duration::seconds(config.machine_build_timeout as i64),
     });
     let bundle_uploads = crate::bundle::uploads::UploadSessions::new(
         dir.staging_dir().join("uploads"),

@@ -60,6 +60,11 @@ pub struct ServeConfig {
     #[arg(long, env = "PALISADE_RESYNC_INTERVAL", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub resync_interval: u64,
 
+    /// Seconds a machine may stay provisioning on the infrastructure before the orchestrator
+    /// deletes it and builds it again (a build the infrastructure lost); two rebuilds at most.
+    #[arg(long, env = "PALISADE_MACHINE_BUILD_TIMEOUT", default_value_t = 1800, value_parser = clap::value_parser!(u64).range(10..=86400))]
+    pub machine_build_timeout: u64,
+
     /// Log format on standard error.
     #[arg(long, env = "PALISADE_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,

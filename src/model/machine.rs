@@ -75,9 +75,12 @@ pub struct MachineRecord {
     #[serde(with = "time::serde::rfc3339")]
     #[schema(value_type = String, format = DateTime)]
     pub created_at: Timestamp,
+    /// When the phase last changed.
     #[serde(with = "time::serde::rfc3339")]
     #[schema(value_type = String, format = DateTime)]
     pub updated_at: Timestamp,
+    /// Times the machine was deleted and created again after failing on the infrastructure.
+    pub attempts: u32,
 }
 
 /// State of a cloud account's last check against its infrastructure.

@@ -47,6 +47,8 @@ pub struct Context {
     pub provider_context: crate::providers::Context,
     /// Period of the full resync.
     pub resync: Duration,
+    /// How long a machine may stay provisioning before it is deleted and built again.
+    pub build_timeout: time::Duration,
 }
 
 /// The topic that asks for a cloud account to be checked.

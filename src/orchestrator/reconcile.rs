@@ -70,6 +70,27 @@ impl From<crate::store::Error> for Failure {
     }
 }
 
+/// Builds of one machine before the cluster fails: the first and two replacements.
+const MAX_ATTEMPTS: u32 = 3;
+
+/// Why a machine must be deleted and built again: the infrastructure reports it failed, or it
+/// has been provisioning for longer than the build timeout (a build the infrastructure lost).
+fn needs_rebuild(ctx: &Context, r: &MachineRecord, m: &Machine) -> Option<String> {
+    match &m.state {
+        MachineState::Failed(reason) => Some(format!("the infrastructure reports: {reason}")),
+        MachineState::Provisioning if r.phase == MachinePhase::Provisioning => {
+            let age = now() - r.updated_at;
+            (age > ctx.build_timeout).then(|| {
+                format!(
+                    "still provisioning after {} s (the build timeout)",
+                    age.whole_seconds()
+                )
+            })
+        }
+        _ => None,
+    }
+}
+
 /// One machine the spec asks for.
 #[derive(Debug, Clone)]
 struct Wanted {
@@ -343,6 +364,32 @@ async fn converge(
     for w in &wanted {
         let record = by_name.get(w.name.as_str());
         match (record, observed.get(&w.name)) {
+            (Some(r), Some(m)) if needs_rebuild(ctx, r, m).is_some() => {
+                let why = needs_rebuild(ctx, r, m).unwrap_or_default();
+                if r.attempts + 1 >= MAX_ATTEMPTS {
+                    return Err(Failure::Permanent(format!(
+                        "machine {} failed {MAX_ATTEMPTS} times on the infrastructure: {why}",
+                        w.name
+                    )));
+                }
+                provider.delete_machine(&m.reference()).await?;
+                let n = ctx
+                    .store
+                    .machine_replaced(&cluster.id, &w.name, why.clone())
+                    .await?;
+                ctx.store
+                    .cluster_event(
+                        &cluster.id,
+                        Severity::Warning,
+                        format!(
+                            "machine {} failed on the infrastructure ({why}); deleted and created again (attempt {} of {MAX_ATTEMPTS})",
+                            w.name,
+                            n + 1
+                        ),
+                    )
+                    .await?;
+                to_create.push(w);
+            }
             (_, Some(m)) => {
                 if record.is_none() {
                     // Found on the infrastructure without a record (the record was lost):

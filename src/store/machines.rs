@@ -12,7 +12,7 @@ use crate::model::{
     NodeRole, PlacementOption, Severity,
 };
 
-const MACHINE_COLUMNS: &str = "SELECT cluster_id, name, pool, ordinal, role, provider_id, phase, reason, addresses, static_ip, created_at, updated_at FROM machines";
+const MACHINE_COLUMNS: &str = "SELECT cluster_id, name, pool, ordinal, role, provider_id, phase, reason, addresses, static_ip, created_at, updated_at, attempts FROM machines";
 
 fn machine_row(r: &Row<'_>) -> rusqlite::Result<MachineRecord> {
     let role: String = r.get(4)?;
@@ -35,6 +35,7 @@ fn machine_row(r: &Row<'_>) -> rusqlite::Result<MachineRecord> {
         static_ip: r.get(9)?,
         created_at: from_millis(r.get(10)?),
         updated_at: from_millis(r.get(11)?),
+        attempts: r.get(12)?,
     })
 }
 
@@ -172,12 +173,48 @@ impl Store {
             let addresses =
                 serde_json::to_string(&u.addresses).map_err(|e| Error::Corrupt(e.to_string()))?;
             tx.execute(
-                "UPDATE machines SET provider_id = COALESCE(?, provider_id), phase = ?, reason = ?, addresses = ?, updated_at = ?
-                 WHERE cluster_id = ? AND name = ?",
-                params![u.provider_id, u.phase.as_str(), u.reason, addresses, to_millis(now()), cluster_id, name],
+                "UPDATE machines SET provider_id = COALESCE(?1, provider_id),
+                   updated_at = CASE WHEN phase = ?2 THEN updated_at ELSE ?5 END,
+                   phase = ?2, reason = ?3, addresses = ?4
+                 WHERE cluster_id = ?6 AND name = ?7",
+                params![
+                    u.provider_id,
+                    u.phase.as_str(),
+                    u.reason,
+                    addresses,
+                    to_millis(now()),
+                    cluster_id,
+                    name
+                ],
             )
             .map_err(Error::sql("update machine"))?;
             Ok(())
+        })
+        .await
+    }
+
+    /// Count one more replacement of a machine that failed on the infrastructure; returns the
+    /// count. Its phase starts again (`creating`, now).
+    pub async fn machine_replaced(
+        &self,
+        cluster_id: &str,
+        name: &str,
+        reason: String,
+    ) -> Result<u32> {
+        let (cluster_id, name) = (cluster_id.to_string(), name.to_string());
+        self.write(move |tx, _| {
+            tx.execute(
+                "UPDATE machines SET attempts = attempts + 1, phase = 'creating', reason = ?, provider_id = NULL,
+                   updated_at = ? WHERE cluster_id = ? AND name = ?",
+                params![reason, to_millis(now()), cluster_id, name],
+            )
+            .map_err(Error::sql("update machine"))?;
+            tx.query_row(
+                "SELECT attempts FROM machines WHERE cluster_id = ? AND name = ?",
+                params![cluster_id, name],
+                |r| r.get(0),
+            )
+            .map_err(Error::sql("read machine"))
         })
         .await
     }

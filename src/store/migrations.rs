@@ -361,7 +361,10 @@ CREATE TABLE machines (
     reason TEXT NOT NULL DEFAULT '',
     addresses TEXT NOT NULL DEFAULT '[]',
     static_ip TEXT,
+    -- Times the machine was deleted and created again after failing on the infrastructure.
+    attempts INTEGER NOT NULL DEFAULT 0,
     created_at INTEGER NOT NULL,
+    -- When the phase last changed.
     updated_at INTEGER NOT NULL,
     PRIMARY KEY (cluster_id, name)
 );

@@ -737,7 +737,7 @@ async fn cluster_changes_reach_the_agent_as_desired_state() {
             &[],
         )
         .await;
-    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
     let deleted = state(&take(&mut sub, 1, true).await[0]);
     assert_eq!(deleted["deleted"], true, "{deleted}");
     assert_eq!(deleted["version"], 3, "{deleted}");

@@ -1096,6 +1096,9 @@ fn e2e_target(password: &str, os_image: &str) -> crate::provisioning::Target {
 /// The scenario through the appliance on the OpenStack peer.
 #[tokio::test]
 async fn provisions_scales_heals_and_deletes_a_cluster_through_the_appliance() {
+    // The peer's SQLite loses builds when too many run at once: take every build slot the
+    // provider tests share for the whole scenario.
+    let _slots = BUILDS.acquire_many(2).await.expect("build slots");
     let target = e2e_target(peer().var("DEMO_PASSWORD"), "palisade-test-boot");
     crate::provisioning::full_lifecycle(&target, Duration::from_secs(300)).await;
 }
@@ -1103,6 +1106,9 @@ async fn provisions_scales_heals_and_deletes_a_cluster_through_the_appliance() {
 /// `kill -9` of the appliance mid-provisioning: no server created twice.
 #[tokio::test]
 async fn an_appliance_killed_mid_provisioning_creates_no_server_twice() {
+    // The peer's SQLite loses builds when too many run at once: take every build slot the
+    // provider tests share for the whole scenario.
+    let _slots = BUILDS.acquire_many(2).await.expect("build slots");
     let target = e2e_target(peer().var("DEMO_PASSWORD"), "palisade-test-boot");
     crate::provisioning::crash_mid_provisioning(&target, 2, Duration::from_secs(300)).await;
 }
@@ -1110,6 +1116,9 @@ async fn an_appliance_killed_mid_provisioning_creates_no_server_twice() {
 /// Wrong credentials, an unreachable Keystone and a missing image each say so.
 #[tokio::test]
 async fn broken_accounts_and_images_give_clear_errors_through_the_appliance() {
+    // The peer's SQLite loses builds when too many run at once: take every build slot the
+    // provider tests share for the whole scenario.
+    let _slots = BUILDS.acquire_many(2).await.expect("build slots");
     let limit = Duration::from_secs(120);
     let wrong = e2e_target("not-the-password", "palisade-test-boot");
     crate::provisioning::clear_error(&wrong, Some("credentials"), "password", limit).await;

@@ -60,6 +60,10 @@ impl Target {
     }
 }
 
+/// Orchestrator settings for tests: resync every 2 s; a build the peer lost (the OpenStack
+/// peer's SQLite loses some under load) is redone after 90 s.
+const FAST: [&str; 4] = ["--resync-interval", "2", "--machine-build-timeout", "90"];
+
 /// A started appliance with a project, a validated account on the target and a profile.
 pub(crate) struct Setup {
     /// Kept running for the test's duration.
@@ -72,7 +76,7 @@ pub(crate) struct Setup {
 
 /// Start the appliance (fast resync) and create what a cluster needs on `target`.
 pub(crate) async fn setup(target: &Target) -> Setup {
-    let app = TestApp::start_with(&["--resync-interval", "2"]);
+    let app = TestApp::start_with(&FAST);
     let admin = app.admin().await;
     let tenant = admin.create("/v1/tenants", json!({"name": "site"})).await["id"]
         .as_str()
@@ -368,7 +372,7 @@ pub(crate) async fn crash_mid_provisioning(target: &Target, workers: u32, limit:
     .await;
     s._app.kill9();
     let dir = s._app.dir.clone();
-    let app = TestApp::start_in(&dir, &["--resync-interval", "2"]);
+    let app = TestApp::start_in(&dir, &FAST);
     let admin = app.login_token("admin", crate::support::PASSWORD).await;
     wait_status(&admin, &id, "Running", limit).await;
     let machines = on_peer(peer.as_ref(), &id).await;

@@ -1206,6 +1206,8 @@ impl OpenStack {
         };
         let mut servers = nova.servers(&query).await?;
         servers.retain(|s| s.metadata.get(TAG_CLUSTER).map(String::as_str) == Some(cluster_id));
+        // A server Nova has deleted is gone, even while a list still shows it for a moment.
+        servers.retain(|s| !matches!(s.status.as_str(), "DELETED" | "SOFT_DELETED"));
         servers.sort_by(|a, b| (&a.name, &a.created, &a.id).cmp(&(&b.name, &b.created, &b.id)));
         Ok(servers.iter().map(to_machine).collect())
     }
