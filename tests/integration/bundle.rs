@@ -1518,7 +1518,10 @@ async fn a_bundle_uploaded_in_resumable_chunks_through_the_api_is_imported_into_
     let r = upload(bytes[..half].to_vec(), 0, id.clone()).await;
     assert_eq!(r.status, 204, "{}", r.describe());
     assert_eq!(r.header("upload-offset"), half.to_string());
-    let r = upload(bytes[half..].to_vec(), 0, id.clone()).await;
+    // A small wrong chunk: the server answers 409 without reading a body, and a large body
+    // still being written when it closes would end in a broken pipe instead of the answer.
+    let wrong = bytes[half..].len().min(1024);
+    let r = upload(bytes[half..half + wrong].to_vec(), 0, id.clone()).await;
     assert_eq!(r.status, 409, "{}", r.describe());
     assert!(String::from_utf8_lossy(&r.body).contains(&format!("Upload-Offset: {half}")));
     let (_, state) = admin.get(&format!("/v1/bundle-uploads/{id}")).await;

@@ -533,10 +533,19 @@ async fn lifecycle_claims_boots_reuses_and_releases_machines() {
     let t0 = Instant::now();
     let mut first = Vec::new();
     for i in 0..3 {
-        let m = p
-            .ensure_machine(&spec(a, "workers", i, &image))
-            .await
-            .expect("ensure");
+        // sushy answers 500 "database is locked" now and then under load: a transient error
+        // the orchestrator would retry, so the test does too (ensure_machine is idempotent).
+        let mut tries = 0;
+        let m = loop {
+            match p.ensure_machine(&spec(a, "workers", i, &image)).await {
+                Ok(m) => break m,
+                Err(e) if e.is_transient() && tries < 5 => {
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                }
+                Err(e) => panic!("ensure: {e:?}"),
+            }
+        };
         assert_eq!(m.cluster_id, a);
         assert_eq!(m.state, MachineState::Provisioning, "{m:?}");
         first.push(m);
