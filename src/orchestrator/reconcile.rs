@@ -21,7 +21,7 @@ use crate::model::{
 };
 use crate::providers::{
     self, ImageLocation, ImageRef, Machine, MachineRef, MachineSpec, MachineState, OsImage,
-    Provider, ProviderError,
+    PowerOp, Provider, ProviderError,
 };
 use crate::store::{MachineUpdate, NewMachine};
 
@@ -401,6 +401,18 @@ async fn converge(
                 ctx.store
                     .update_machine(&cluster.id, &w.name, observed_update(m))
                     .await?;
+                if m.state == MachineState::Off {
+                    // Created but never powered on (a crash between the two), or powered off
+                    // behind the appliance's back: every machine of a cluster runs.
+                    provider.power(&m.reference(), PowerOp::On).await?;
+                    ctx.store
+                        .cluster_event(
+                            &cluster.id,
+                            Severity::Info,
+                            format!("machine {} was off; powered it on", w.name),
+                        )
+                        .await?;
+                }
             }
             (None, None) => to_create.push(w),
             (Some(r), None) => match r.phase {
