@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::Context;
 use crate::model::{now, AccountCheckResult, CheckState, PlacementOption};
-use crate::providers::{self, ErrorKind, ProviderError};
+use crate::providers::{ErrorKind, ProviderError};
 
 /// Longest a check may take before it is reported as unreachable.
 const CHECK_DEADLINE: Duration = Duration::from_secs(120);
@@ -71,27 +71,12 @@ async fn run(ctx: &Context, account_id: &str) -> Result<Checked, ProviderError> 
         Err(crate::store::Error::NotFound { .. }) => return Ok(None),
         Err(e) => return Err(store_error(e)),
     };
-    let credentials = ctx
-        .store
-        .cloud_account_credentials(account_id)
-        .await
-        .map_err(store_error)?
-        .ok_or_else(|| {
-            ProviderError::new(
-                ErrorKind::Credentials,
-                "the account has no credentials: enter them",
-            )
-        })?;
-    let provider = providers::connect(
-        &providers::Account {
-            kind: account.kind,
-            endpoint: account.endpoint.clone(),
-            ca_bundle: account.ca_bundle.clone(),
-            credentials,
-            placement: account.placement.clone(),
-        },
-        &ctx.provider_context,
-    )?;
+    let provider = super::provider_for(ctx, &account).await?.ok_or_else(|| {
+        ProviderError::new(
+            ErrorKind::Credentials,
+            "the account has no credentials: enter them",
+        )
+    })?;
     let report = provider.validate().await?;
     let placements = provider
         .placements()

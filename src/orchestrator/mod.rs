@@ -51,6 +51,30 @@ pub struct Context {
     pub build_timeout: time::Duration,
 }
 
+/// The provider of a stored cloud account, with its decrypted credentials (`None` when the
+/// account has none).
+pub async fn provider_for(
+    ctx: &Context,
+    account: &crate::model::CloudAccount,
+) -> Result<Option<Box<dyn crate::providers::Provider>>, crate::providers::ProviderError> {
+    let credentials = ctx
+        .store
+        .cloud_account_credentials(&account.id)
+        .await
+        .map_err(|e| crate::providers::ProviderError::transient(format!("state store: {e}")))?;
+    let Some(credentials) = credentials else {
+        return Ok(None);
+    };
+    let spec = crate::providers::Account {
+        kind: account.kind,
+        endpoint: account.endpoint.clone(),
+        ca_bundle: account.ca_bundle.clone(),
+        credentials,
+        placement: account.placement.clone(),
+    };
+    crate::providers::connect(&spec, &ctx.provider_context).map(Some)
+}
+
 /// The topic that asks for a cloud account to be checked.
 pub fn account_check_topic(account_id: &str) -> String {
     format!("cloud-accounts.{account_id}.check")

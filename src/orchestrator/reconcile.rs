@@ -187,24 +187,12 @@ pub async fn reconcile(ctx: &Context, cluster_id: &str) -> Result<Outcome, Failu
 }
 
 async fn connect(ctx: &Context, account: &CloudAccount) -> Result<Box<dyn Provider>, Failure> {
-    let credentials = ctx
-        .store
-        .cloud_account_credentials(&account.id)
-        .await?
-        .ok_or_else(|| {
-            Failure::Permanent(format!(
-                "cloud account {} has no credentials: enter them on the account",
-                account.name
-            ))
-        })?;
-    let spec = providers::Account {
-        kind: account.kind,
-        endpoint: account.endpoint.clone(),
-        ca_bundle: account.ca_bundle.clone(),
-        credentials,
-        placement: account.placement.clone(),
-    };
-    Ok(providers::connect(&spec, &ctx.provider_context)?)
+    super::provider_for(ctx, account).await?.ok_or_else(|| {
+        Failure::Permanent(format!(
+            "cloud account {} has no credentials: enter them on the account",
+            account.name
+        ))
+    })
 }
 
 /// Delete every machine of the cluster (recorded or found by its tag), then the record.
@@ -363,9 +351,12 @@ async fn converge(
     let mut to_create: Vec<&Wanted> = Vec::new();
     for w in &wanted {
         let record = by_name.get(w.name.as_str());
-        match (record, observed.get(&w.name)) {
-            (Some(r), Some(m)) if needs_rebuild(ctx, r, m).is_some() => {
-                let why = needs_rebuild(ctx, r, m).unwrap_or_default();
+        let found = observed.get(&w.name);
+        let rebuild = record
+            .zip(found)
+            .and_then(|(r, m)| needs_rebuild(ctx, r, m));
+        match (record, found, rebuild) {
+            (Some(r), Some(m), Some(why)) => {
                 if r.attempts + 1 >= MAX_ATTEMPTS {
                     return Err(Failure::Permanent(format!(
                         "machine {} failed {MAX_ATTEMPTS} times on the infrastructure: {why}",
@@ -390,7 +381,7 @@ async fn converge(
                     .await?;
                 to_create.push(w);
             }
-            (_, Some(m)) => {
+            (_, Some(m), _) => {
                 if record.is_none() {
                     // Found on the infrastructure without a record (the record was lost):
                     // adopt it rather than create a twin.
@@ -414,8 +405,8 @@ async fn converge(
                         .await?;
                 }
             }
-            (None, None) => to_create.push(w),
-            (Some(r), None) => match r.phase {
+            (None, None, _) => to_create.push(w),
+            (Some(r), None, _) => match r.phase {
                 MachinePhase::Creating => to_create.push(w),
                 MachinePhase::Missing if cluster.drift_policy == DriftPolicy::Alert => {}
                 _ => {

@@ -18,28 +18,28 @@ use super::{ErrorKind, ProviderError};
 
 /// Build a client for one endpoint. `timeout` bounds each whole request.
 pub fn client(ca_bundle: &str, timeout: Duration) -> Result<reqwest::Client, ProviderError> {
-    let builder = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(10).min(timeout))
-        .timeout(timeout)
-        .user_agent(concat!("palisade/", env!("CARGO_PKG_VERSION")));
-    let builder = if ca_bundle.trim().is_empty() {
-        builder.use_rustls_tls()
-    } else {
-        builder.use_preconfigured_tls(tls_config(ca_bundle)?)
-    };
-    builder.build().map_err(|e| {
-        ProviderError::new(
-            ErrorKind::Invalid,
-            format!("cannot build an HTTPS client: {e}"),
-        )
-    })
+    build(
+        reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10).min(timeout))
+            .timeout(timeout),
+        ca_bundle,
+    )
 }
 
 /// A client without a whole-request timeout, for uploads of large images (connect still bounded).
 pub fn upload_client(ca_bundle: &str) -> Result<reqwest::Client, ProviderError> {
-    let builder = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(10))
-        .user_agent(concat!("palisade/", env!("CARGO_PKG_VERSION")));
+    build(
+        reqwest::Client::builder().connect_timeout(Duration::from_secs(10)),
+        ca_bundle,
+    )
+}
+
+/// Finish a client: our user agent, and trust from the bundle (or the system's roots).
+fn build(
+    builder: reqwest::ClientBuilder,
+    ca_bundle: &str,
+) -> Result<reqwest::Client, ProviderError> {
+    let builder = builder.user_agent(concat!("palisade/", env!("CARGO_PKG_VERSION")));
     let builder = if ca_bundle.trim().is_empty() {
         builder.use_rustls_tls()
     } else {

@@ -8,6 +8,7 @@
 
 #![allow(dead_code)]
 
+use crate::support::free_port;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -39,14 +40,6 @@ pub struct Browser {
     name: String,
     /// chromedriver's log and Chromium's profile; removed after the processes are gone.
     tmp: tempfile::TempDir,
-}
-
-/// A free TCP port on 127.0.0.1 (bound and released; chromedriver binds it next).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind a free loopback port")
-        .port()
 }
 
 /// The path of a required browser binary, or a failure that says how to install it.

@@ -4,6 +4,7 @@
 //! from memory, so the emulator really downloads the installer and seed ISOs. Only the
 //! lifecycle test claims systems; the others read.
 
+use crate::support::{free_port, peers_dir};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -27,20 +28,6 @@ struct Peer {
     password: String,
     /// Kept so that the watchdog is owned for the whole process (it outlives the tests).
     _watchdog: std::process::Child,
-}
-
-fn peers_dir() -> PathBuf {
-    std::env::var_os("PALISADE_PEERS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/peers"))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
 }
 
 /// The emulator of this test process (5 systems, plain HTTP), started on first use; it stops

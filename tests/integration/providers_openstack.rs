@@ -6,6 +6,7 @@
 //! `.ci/run` writes when it starts the stack in the background (`PALISADE_OPENSTACK_PEER_ENV`),
 //! and leaves it running. Every test uses its own names and deletes what it creates.
 
+use crate::support::peers_dir;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -35,13 +36,6 @@ impl Peer {
             .get(k)
             .map(String::as_str)
             .unwrap_or_else(|| panic!("peer output lacks {k}"))
-    }
-}
-
-fn peers_dir() -> PathBuf {
-    match std::env::var_os("PALISADE_PEERS_DIR") {
-        Some(d) => PathBuf::from(d),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/peers"),
     }
 }
 
@@ -1123,10 +1117,7 @@ async fn broken_accounts_and_images_give_clear_errors_through_the_appliance() {
     let wrong = e2e_target("not-the-password", "palisade-test-boot");
     crate::provisioning::clear_error(&wrong, Some("credentials"), "password", limit).await;
     let mut unreachable = e2e_target(peer().var("DEMO_PASSWORD"), "palisade-test-boot");
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port();
+    let closed = crate::support::free_port();
     unreachable.endpoint = format!("http://127.0.0.1:{closed}/v3");
     crate::provisioning::clear_error(&unreachable, Some("unreachable"), "127.0.0.1", limit).await;
     let no_image = e2e_target(peer().var("DEMO_PASSWORD"), "no-such-image");

@@ -6,6 +6,7 @@
 //! What the tests read back (CPU, memory, disk, NIC, guestinfo, attributes, folders) is read
 //! with a separate raw SOAP session, not through the provider.
 
+use crate::support::{free_port, peers_dir};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -28,18 +29,6 @@ struct Vcsim {
     sdk: String,
     cert_pem: String,
     log: PathBuf,
-}
-
-fn peers_dir() -> PathBuf {
-    match std::env::var_os("PALISADE_PEERS_DIR") {
-        Some(d) => PathBuf::from(d),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/peers"),
-    }
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    l.local_addr().expect("local addr").port()
 }
 
 /// The vcsim shared by every test of this process.
@@ -852,10 +841,7 @@ async fn broken_accounts_and_templates_give_clear_errors_through_the_appliance()
     crate::provisioning::clear_error(&wrong, Some("credentials"), "username and password", limit)
         .await;
     let mut unreachable = e2e_target(PASSWORD, "DC0_C0_RP0_VM0");
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port();
+    let closed = crate::support::free_port();
     unreachable.endpoint = format!("https://127.0.0.1:{closed}/sdk");
     crate::provisioning::clear_error(&unreachable, Some("unreachable"), "127.0.0.1", limit).await;
     let no_template = e2e_target(PASSWORD, "no-such-template");

@@ -16,6 +16,21 @@ use sha2::{Digest as _, Sha256};
 /// Password used for accounts the tests create.
 pub const PASSWORD: &str = "correct-horse-battery-staple";
 
+/// The shared test peers' scripts: `$PALISADE_PEERS_DIR`, else `../shared/peers` beside the repository.
+pub fn peers_dir() -> PathBuf {
+    std::env::var_os("PALISADE_PEERS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/peers"))
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released: nothing listens there).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind a free loopback port")
+        .port()
+}
+
 /// Path of the executable under test.
 pub fn exe() -> &'static str {
     env!("CARGO_BIN_EXE_palisade")
