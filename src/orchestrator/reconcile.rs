@@ -381,6 +381,14 @@ async fn converge(
                     .await?;
                 to_create.push(w);
             }
+            (Some(r), Some(m), _)
+                if r.phase == MachinePhase::Creating && m.state == MachineState::Off =>
+            {
+                // Created but never confirmed: a crash cut the create off (the
+                // infrastructure may finish a clone on its own). Ensuring it again finds it
+                // by name and completes it (sizing, tags, power on).
+                to_create.push(w);
+            }
             (_, Some(m), _) => {
                 if record.is_none() {
                     // Found on the infrastructure without a record (the record was lost):

@@ -196,6 +196,30 @@ pub(crate) async fn wait_status(admin: &Api, id: &str, status: &str, limit: Dura
     }
 }
 
+/// Wait until the deleted cluster is gone; on timeout say where it stands (cluster, machine
+/// records, events and the end of the appliance's log).
+pub(crate) async fn wait_gone(admin: &Api, app: &TestApp, id: &str, limit: Duration) {
+    let start = Instant::now();
+    loop {
+        let (status, c) = admin.get(&format!("/v1/clusters/{id}")).await;
+        if status == StatusCode::NOT_FOUND {
+            return;
+        }
+        if start.elapsed() >= limit {
+            let (_, machines) = admin.get(&format!("/v1/clusters/{id}/machines")).await;
+            let log = app.log();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            panic!(
+                "cluster not gone after {limit:?}: {c}\nmachines: {machines}\nevents:\n{}\nlog:\n{}",
+                events(admin, id).await,
+                tail.join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 /// The cluster's events, as text, for failure messages and checks.
 pub(crate) async fn events(admin: &Api, id: &str) -> String {
     let (_, e) = admin
@@ -348,10 +372,7 @@ pub(crate) async fn full_lifecycle(target: &Target, limit: Duration) {
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     assert_eq!(body["status"], "Deleting");
-    wait_for("the cluster to be gone", limit, || async {
-        (s.admin.get(&format!("/v1/clusters/{id}")).await.0 == StatusCode::NOT_FOUND).then_some(())
-    })
-    .await;
+    wait_gone(&s.admin, &s._app, &id, limit).await;
     assert!(
         on_peer(peer.as_ref(), &id).await.is_empty(),
         "the peer is clean"
@@ -388,10 +409,7 @@ pub(crate) async fn crash_mid_provisioning(target: &Target, workers: u32, limit:
         .call(Method::DELETE, &format!("/v1/clusters/{id}"), None)
         .await;
     assert_eq!(status, StatusCode::ACCEPTED);
-    wait_for("the cluster to be gone", limit, || async {
-        (admin.get(&format!("/v1/clusters/{id}")).await.0 == StatusCode::NOT_FOUND).then_some(())
-    })
-    .await;
+    wait_gone(&admin, &app, &id, limit).await;
     assert!(
         on_peer(peer.as_ref(), &id).await.is_empty(),
         "the peer is clean"

@@ -734,6 +734,34 @@ impl VsphereProvider {
         self.client.retrieve_one(vm, MACHINE_PROPS).await
     }
 
+    /// Whether `vm` sits in a cluster folder that Palisade made (named by a cluster id, under
+    /// the base folder): a clone cut off by a crash before it was tagged is still ours.
+    async fn in_a_cluster_folder(&self, vm: &MoRef) -> Result<bool, ProviderError> {
+        let r = self.resolve().await?;
+        let Some(base) = self.base_folder(&r, false).await? else {
+            return Ok(false);
+        };
+        let Some(folder) = self
+            .client
+            .retrieve_one(vm, &["parent"])
+            .await?
+            .and_then(|o| o.moref("parent"))
+        else {
+            return Ok(false);
+        };
+        let Some(f) = self
+            .client
+            .retrieve_one(&folder, &["name", "parent"])
+            .await?
+        else {
+            return Ok(false);
+        };
+        let named_by_a_cluster = f
+            .text("name")
+            .is_some_and(|n| uuid::Uuid::parse_str(n).is_ok());
+        Ok(named_by_a_cluster && f.moref("parent").as_ref() == Some(&base))
+    }
+
     fn vm_ref(id: &str) -> MoRef {
         MoRef::new("VirtualMachine", id)
     }
@@ -1422,6 +1450,7 @@ impl Provider for VsphereProvider {
             if Self::custom_values(&obj)
                 .get(&f.cluster)
                 .is_none_or(|v| v.is_empty())
+                && !self.in_a_cluster_folder(&vm).await?
             {
                 return Err(ProviderError::invalid(
                     "machine",
