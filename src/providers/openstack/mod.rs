@@ -1125,7 +1125,15 @@ impl OpenStack {
             nova.delete_server(&id.id).await?;
             let start = Instant::now();
             let mut attempt = 0u32;
-            while nova.server(&id.id).await?.is_some() {
+            while let Some(left) = nova.server(&id.id).await? {
+                // A delete that failed inside Nova leaves the server (often in ERROR) with no
+                // task running: ask again, every tenth poll.
+                if attempt % 10 == 9 && left.task_state.is_none() {
+                    match nova.delete_server(&id.id).await {
+                        Err(e) if !e.is_transient() => return Err(e),
+                        _ => {}
+                    }
+                }
                 if start.elapsed() > DELETE_WAIT || attempt > 1000 {
                     return Err(ProviderError::transient(format!(
                         "Nova server {} ({}) is still being deleted after {} s; try again",
