@@ -1125,7 +1125,9 @@ impl OpenStack {
             nova.delete_server(&id.id).await?;
             let start = Instant::now();
             let mut attempt = 0u32;
-            while let Some(left) = nova.server(&id.id).await? {
+            // Gone means 404: the peer showed a server DELETED that a failed delete later
+            // turned back into ERROR.
+            while let Some(left) = nova.server_record(&id.id).await? {
                 // A delete that failed inside Nova leaves the server (often in ERROR) with no
                 // task running: ask again, every tenth poll.
                 if attempt % 10 == 9 && left.task_state.is_none() {
