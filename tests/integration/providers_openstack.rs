@@ -129,6 +129,9 @@ old = datetime.datetime.utcnow() - datetime.timedelta(minutes=30)
 for s in demo.compute.servers():
     if s.name.startswith('pt-') and datetime.datetime.strptime(s.created_at[:19], '%Y-%m-%dT%H:%M:%S') < old:
         demo.compute.delete_server(s)
+for g in demo.compute.server_groups():
+    if g.name.startswith('palisade-') and not g.member_ids:
+        demo.compute.delete_server_group(g)
 for p in demo.network.ports():
     if (p.description or '').startswith('palisade machine pt-') and not p.device_id:
         demo.network.delete_port(p)

@@ -1150,7 +1150,17 @@ impl OpenStack {
             nova.delete_server(&id.id).await?;
             let start = Instant::now();
             let mut attempt = 0u32;
-            while nova.server(&id.id).await?.is_some() {
+            // Gone means 404: the peer showed a server DELETED that a failed delete later
+            // turned back into ERROR.
+            while let Some(left) = nova.server_record(&id.id).await? {
+                // A delete that failed inside Nova leaves the server (often in ERROR) with no
+                // task running: ask again, every tenth poll.
+                if attempt % 10 == 9 && left.task_state.is_none() {
+                    match nova.delete_server(&id.id).await {
+                        Err(e) if !e.is_transient() => return Err(e),
+                        _ => {}
+                    }
+                }
                 if start.elapsed() > DELETE_WAIT || attempt > 1000 {
                     return Err(ProviderError::transient(format!(
                         "Nova server {} ({}) is still being deleted after {} s; try again",

@@ -277,6 +277,15 @@ impl Nova<'_> {
 
     /// One server; `None` when it does not exist (or is deleted).
     pub(super) async fn server(&self, id: &str) -> Result<Option<Server>, ProviderError> {
+        Ok(self
+            .server_record(id)
+            .await?
+            .filter(|s| !matches!(s.status.as_str(), "DELETED" | "SOFT_DELETED")))
+    }
+
+    /// One server as long as Nova answers for it, status `DELETED` included (a delete that
+    /// fails inside Nova can still turn it back into ERROR).
+    pub(super) async fn server_record(&self, id: &str) -> Result<Option<Server>, ProviderError> {
         let body: Option<ServerBody> = self
             .session
             .get_opt(
@@ -287,9 +296,7 @@ impl Nova<'_> {
                 &format!("read Nova server {id}"),
             )
             .await?;
-        Ok(body
-            .map(|b| b.server)
-            .filter(|s| !matches!(s.status.as_str(), "DELETED" | "SOFT_DELETED")))
+        Ok(body.map(|b| b.server))
     }
 
     /// `POST /servers`; returns the new server's id.
