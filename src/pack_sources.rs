@@ -8,12 +8,8 @@
 
 use std::time::Duration;
 
-use serde_json::Value;
-
 use crate::api::AppState;
-use crate::model::{
-    check_name, pack_source_host, LayerType, PackSource, RegistryCredentials, SourcePack,
-};
+use crate::model::{check_name, pack_source_host, PackSource, RegistryCredentials, SourcePack};
 use crate::oci_pull::{Client, Credentials, PullOptions, Reference};
 
 /// How often every pack source is read again.
@@ -127,29 +123,15 @@ pub async fn read_source(
 
 /// The pack a manifest describes, if it is a pack artifact of `name` tagged by its version.
 fn pack_of(name: &str, tag: &str, manifest: &[u8], digest: &str) -> Option<SourcePack> {
-    let m: Value = serde_json::from_slice(manifest).ok()?;
-    if m["artifactType"] != crate::pack::ARTIFACT_TYPE {
-        return None;
-    }
-    let a = &m["annotations"];
-    let version = a["org.opencontainers.image.version"].as_str()?;
-    let layer = LayerType::parse(a[crate::pack::LAYER_TYPE_ANNOTATION].as_str()?)?;
-    if a["org.opencontainers.image.title"] != name
-        || crate::pack::version_tag(version) != tag
-        || semver::Version::parse(version).is_err()
-    {
+    let e = crate::pack::catalogue_entry(manifest).ok()?;
+    if e.name != name || crate::pack::version_tag(&e.version) != tag {
         return None;
     }
     Some(SourcePack {
-        name: name.to_string(),
-        version: version.to_string(),
-        layer_type: layer,
+        name: e.name,
+        version: e.version,
+        layer_type: e.layer,
         digest: digest.to_string(),
-        description: a["org.opencontainers.image.description"]
-            .as_str()
-            .unwrap_or_default()
-            .chars()
-            .take(1000)
-            .collect(),
+        description: e.description,
     })
 }

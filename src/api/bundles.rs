@@ -317,6 +317,7 @@ async fn import_bundle_upload(
         allow_untrusted: req.allow_untrusted,
         allow_downgrade: req.allow_downgrade,
         actor: p.username.clone(),
+        source: format!("API upload {id}"),
     };
     let report = import(
         &dir,

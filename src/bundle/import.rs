@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::error::{io, Error, Result};
-use super::format::{parse_version, Artifact, Destination, Expected};
+use super::format::{parse_version, Artifact, ArtifactKind, Destination, Expected};
 use super::reader::{open_parts, read_bundle, Head, Next, Sink};
 use super::Progress;
 use crate::datadir::DataDir;
@@ -33,7 +33,8 @@ use crate::registry::blobs::{place_file, BlobStore};
 use crate::registry::manifests;
 use crate::registry::names::Digest;
 use crate::store::{
-    AuditEntry, BundleImport, ImportArtifact, ImportRepository, NewManifest, Store, TrustedKey,
+    AuditEntry, BundleImport, ImportArtifact, ImportRepository, NewManifest, NewPack, Store,
+    TrustedKey,
 };
 
 /// Choices of the person importing.
@@ -46,6 +47,8 @@ pub struct ImportOptions {
     pub allow_downgrade: bool,
     /// Who imports, for the audit log.
     pub actor: String,
+    /// How the bundle arrived, for the audit log (`palisade bundle import (offline)`, an upload).
+    pub source: String,
 }
 
 /// What an import did.
@@ -220,6 +223,36 @@ fn read_verified(sink: &StagingSink, hex: &str) -> Result<Vec<u8>> {
     std::fs::read(&path).map_err(io("read verified manifest", &path))
 }
 
+/// The catalogue entry of pack artifact `a`: its manifest must be a Palisade pack of the name
+/// and version the bundle lists it under (the registry repository and tag come from those).
+fn catalogued_pack(sink: &StagingSink, a: &Artifact) -> Result<NewPack> {
+    let bad = |reason: String| Error::Artifact {
+        name: a.label(),
+        reason,
+    };
+    let e = crate::pack::catalogue_entry(&read_verified(sink, &a.sha256)?).map_err(|why| {
+        bad(format!(
+            "is listed as a pack but is not a Palisade pack: {why}; package packs with \
+             `palisade pack package` or a recipe's [[pack]] entry, or list an image as kind \
+             container-image"
+        ))
+    })?;
+    if e.name != a.name || e.version != a.version {
+        return Err(bad(format!(
+            "is pack {} {} inside, not {} {} as the bundle lists it: list it under its own name \
+             and version",
+            e.name, e.version, a.name, a.version
+        )));
+    }
+    Ok(NewPack {
+        name: e.name,
+        version: e.version,
+        layer_type: e.layer,
+        digest: format!("sha256:{}", a.sha256),
+        description: e.description,
+    })
+}
+
 /// The manifests of OCI artifact `a` in the order the registry needs them (children of an
 /// index first), each checked to reference only blobs the artifact carries.
 fn manifests_of(sink: &StagingSink, a: &Artifact) -> Result<Vec<NewManifest>> {
@@ -381,9 +414,13 @@ pub async fn import(
     // Check what the registry will be told before anything leaves the staging folder.
     let mut repositories = Vec::new();
     let mut artifacts = Vec::new();
+    let mut packs = Vec::new();
     for a in &m.artifacts {
         if let Some(repo) = a.repository() {
             let manifests = manifests_of(&sink, a)?;
+            if a.kind == ArtifactKind::Pack {
+                packs.push(catalogued_pack(&sink, a)?);
+            }
             let manifest_digests: HashSet<&str> =
                 manifests.iter().map(|x| x.digest.as_str()).collect();
             let blobs = a
@@ -519,13 +556,14 @@ pub async fn import(
             trusted,
             repositories,
             artifacts,
+            packs,
             add_keys,
             remove_keys,
             audit: AuditEntry {
                 actor: opts.actor.clone(),
                 action: "bundle import".into(),
                 object: format!("{} {} ({})", m.name, m.version, m.bundle_id),
-                source: "palisade bundle import (offline)".into(),
+                source: opts.source.clone(),
                 outcome,
                 request_id: uuid::Uuid::new_v4().to_string(),
             },

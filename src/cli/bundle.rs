@@ -579,6 +579,7 @@ pub(super) async fn run(cmd: BundleCommand) -> anyhow::Result<i32> {
                 allow_untrusted,
                 allow_downgrade,
                 actor: local_actor(),
+                source: "palisade bundle import (offline)".into(),
             };
             let progress = CliProgress::new();
             let report = import(&dir, &store, &files, &opts, progress, None).await?;

@@ -287,6 +287,53 @@ pub fn from_artifact_parts(
 type Desc = (String, u64);
 
 /// Check a manifest is a pack's and return its config and content descriptors.
+/// What the catalogue (`/v1/packs`) records of a pack, read from its OCI manifest's annotations.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatalogueEntry {
+    pub name: String,
+    pub version: String,
+    pub layer: crate::model::LayerType,
+    pub description: String,
+}
+
+/// The catalogue entry of a pack manifest, or why the manifest is not a Palisade pack.
+pub fn catalogue_entry(manifest: &[u8]) -> std::result::Result<CatalogueEntry, String> {
+    let m: serde_json::Value =
+        serde_json::from_slice(manifest).map_err(|e| format!("its manifest is not JSON ({e})"))?;
+    if m["artifactType"] != ARTIFACT_TYPE {
+        return Err(format!(
+            "its manifest's artifactType is {}, not {ARTIFACT_TYPE}",
+            m["artifactType"]
+        ));
+    }
+    let a = &m["annotations"];
+    let text = |key: &str| {
+        a[key]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| format!("its manifest lacks the annotation {key}"))
+    };
+    let name = text("org.opencontainers.image.title")?;
+    let version = text("org.opencontainers.image.version")?;
+    semver::Version::parse(&version)
+        .map_err(|e| format!("its version {version:?} is not semantic ({e})"))?;
+    let layer = text(LAYER_TYPE_ANNOTATION)?;
+    let layer = crate::model::LayerType::parse(&layer)
+        .ok_or_else(|| format!("its layer type {layer:?} is unknown"))?;
+    let description = a["org.opencontainers.image.description"]
+        .as_str()
+        .unwrap_or_default()
+        .chars()
+        .take(1000)
+        .collect();
+    Ok(CatalogueEntry {
+        name,
+        version,
+        layer,
+        description,
+    })
+}
+
 fn pack_descriptors(what: &str, manifest: &[u8]) -> Result<(Desc, Desc)> {
     let bad = |reason: &str| Error::artifact(what, reason.to_string());
     let m: Value = serde_json::from_slice(manifest)

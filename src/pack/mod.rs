@@ -19,8 +19,9 @@ use serde::Serialize;
 use serde_json::Value;
 
 pub use archive::{
-    from_artifact_parts, package_to_layout, read_from_layout, read_from_registry, PackedArtifact,
-    ARTIFACT_TYPE, CONFIG_MEDIA_TYPE, CONTENT_MEDIA_TYPE, LAYER_TYPE_ANNOTATION,
+    catalogue_entry, from_artifact_parts, package_to_layout, read_from_layout, read_from_registry,
+    CatalogueEntry, PackedArtifact, ARTIFACT_TYPE, CONFIG_MEDIA_TYPE, CONTENT_MEDIA_TYPE,
+    LAYER_TYPE_ANNOTATION,
 };
 pub use error::{Error, Result};
 pub use meta::{

@@ -8,7 +8,7 @@ use rusqlite::{params, OptionalExtension};
 use super::audit::{append_tx, AuditEntry};
 use super::registry::{insert_blob_row, put_manifest_tx, NewManifest, PutManifest};
 use super::{from_millis, to_millis, Error, Result, Store};
-use crate::model::{now, Timestamp};
+use crate::model::{new_id, now, LayerType, Timestamp};
 
 /// A public key trusted to sign bundles.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,6 +59,17 @@ pub struct ImportArtifact {
     pub location: String,
 }
 
+/// A pack the import adds to the catalogue (`/v1/packs`).
+#[derive(Debug, Clone)]
+pub struct NewPack {
+    pub name: String,
+    pub version: String,
+    pub layer_type: LayerType,
+    /// Digest of the pack's manifest in the registry.
+    pub digest: String,
+    pub description: String,
+}
+
 /// Everything one import records.
 #[derive(Debug, Clone)]
 pub struct BundleImport {
@@ -71,6 +82,8 @@ pub struct BundleImport {
     pub trusted: bool,
     pub repositories: Vec<ImportRepository>,
     pub artifacts: Vec<ImportArtifact>,
+    /// Catalogue entries of the pack artifacts.
+    pub packs: Vec<NewPack>,
     /// Keys to trust from now on (a rotation statement of a trusted bundle).
     pub add_keys: Vec<TrustedKey>,
     /// Key ids to trust no longer.
@@ -220,6 +233,17 @@ impl Store {
                         )));
                     }
                 }
+            }
+            for p in &rec.packs {
+                // A re-import of the same name and version (allowed by --allow-downgrade) moves
+                // the entry to the manifest the registry's tag now names.
+                tx.execute(
+                    "INSERT INTO packs (id, name, version, layer_type, digest, description, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)
+                     ON CONFLICT (name, version) DO UPDATE SET layer_type = excluded.layer_type,
+                       digest = excluded.digest, description = excluded.description",
+                    params![new_id(), p.name, p.version, p.layer_type.as_str(), p.digest, p.description, to_millis(t)],
+                )
+                .map_err(Error::sql("catalogue pack"))?;
             }
             let signers = serde_json::to_string(&rec.signers).unwrap_or_else(|_| "[]".into());
             tx.execute(

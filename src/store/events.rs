@@ -118,26 +118,4 @@ impl Store {
         })
         .await
     }
-
-    /// Add a pack to the catalogue (bundle import calls this).
-    pub async fn insert_pack(
-        &self,
-        name: String,
-        version: String,
-        layer_type: LayerType,
-        digest: String,
-        description: String,
-    ) -> Result<Pack> {
-        self.write(move |tx, _| {
-            let id = new_id();
-            tx.execute(
-                "INSERT INTO packs (id, name, version, layer_type, digest, description, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                params![id, name, version, layer_type.as_str(), digest, description, to_millis(now())],
-            )
-            .map_err(Error::unique("insert pack", format!("pack {name} {version} is already in the repository")))?;
-            tx.query_row(&format!("{PACK_COLUMNS} WHERE id = ?"), [&id], pack_row)
-                .map_err(Error::sql("read pack"))
-        })
-        .await
-    }
 }

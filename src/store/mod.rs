@@ -28,7 +28,9 @@ pub use audit::{AuditEntry, AuditFilter, AuditRecord, ChainReport};
 pub use auth::{LoginCandidate, LoginOutcome, SessionInfo, SESSION_TTL};
 pub use backup::{backup_to, referenced_blobs, referenced_files, restore_from, FileReference};
 pub use broker_certs::BrokerCertificate;
-pub use bundles::{BundleImport, ImportArtifact, ImportRepository, ImportedBundle, TrustedKey};
+pub use bundles::{
+    BundleImport, ImportArtifact, ImportRepository, ImportedBundle, NewPack, TrustedKey,
+};
 pub use clusters::ClusterFilter;
 pub use error::{Error, Found, Result};
 pub use machines::{ClusterProgress, MachineUpdate, NewMachine};

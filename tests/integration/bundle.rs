@@ -422,8 +422,8 @@ name = "split"
 version = "2.0.0"
 [[layout]]
 path = "a"
-kind = "pack"
-name = "cni-calico"
+kind = "container-image"
+name = "calico/cni"
 version = "3.28.0"
 [[layout]]
 path = "b"
@@ -459,7 +459,7 @@ version = "1.36"
     let (code, stdout, err) = kit.import(&[&parts[1], &parts[2], &parts[0]], &[]);
     assert_eq!(code, 0, "{stdout}{err}");
     assert!(
-        stdout.contains("shared/packs/cni-calico:3.28.0"),
+        stdout.contains("shared/images/calico/cni:3.28.0"),
         "{stdout}"
     );
     assert!(
@@ -469,7 +469,7 @@ version = "1.36"
     let tag: String = kit
         .db()
         .query_row(
-            "SELECT t.digest FROM registry_tags t JOIN registry_repositories r ON r.id = t.repository_id WHERE r.name = 'shared/packs/cni-calico' AND t.tag = '3.28.0'",
+            "SELECT t.digest FROM registry_tags t JOIN registry_repositories r ON r.id = t.repository_id WHERE r.name = 'shared/images/calico/cni' AND t.tag = '3.28.0'",
             [],
             |r| r.get(0),
         )
@@ -1287,7 +1287,7 @@ fn a_bundle_signed_with_openssl_as_the_format_document_shows_verifies_and_import
     Image::new(21, 1000).write_layout(&recipe_dir.join("img"));
     let recipe = write_recipe(
         &recipe_dir,
-        "[bundle]\nname = \"o\"\nversion = \"1.0.0\"\n[[layout]]\npath = \"img\"\nkind = \"pack\"\nname = \"p\"\nversion = \"1\"\n",
+        "[bundle]\nname = \"o\"\nversion = \"1.0.0\"\n[[layout]]\npath = \"img\"\nkind = \"container-image\"\nname = \"p\"\nversion = \"1\"\n",
     );
     let out_b = kit.path("o.bundle");
     let (code, _, err) = cli(&[
@@ -1453,7 +1453,10 @@ async fn a_bundle_uploaded_in_resumable_chunks_through_the_api_is_imported_into_
     image.write_layout(&work.join("img"));
     let recipe = write_recipe(
         &work,
-        "[bundle]\nname = \"uploaded\"\nversion = \"1.0.0\"\n[[layout]]\npath = \"img\"\nkind = \"pack\"\nname = \"csi-demo\"\nversion = \"0.3.0\"\n",
+        &format!(
+            "[bundle]\nname = \"uploaded\"\nversion = \"1.0.0\"\n[[layout]]\npath = \"img\"\nkind = \"container-image\"\nname = \"csi/demo\"\nversion = \"0.3.0\"\n[[pack]]\npath = \"{}\"\n",
+            s(&Path::new(env!("CARGO_MANIFEST_DIR")).join("bundles/packs/csi-local-path"))
+        ),
     );
     let out = kit.path("up.bundle");
     assert_eq!(
@@ -1537,11 +1540,34 @@ async fn a_bundle_uploaded_in_resumable_chunks_through_the_api_is_imported_into_
     let r = plain(
         &admin,
         Method::GET,
-        "/v2/shared/packs/csi-demo/manifests/0.3.0",
+        "/v2/shared/images/csi/demo/manifests/0.3.0",
     )
     .await;
     assert_eq!(r.status, 200, "{}", r.describe());
     assert_eq!(r.body, image.manifest);
+    // The pack is in the registry and in the catalogue, under the manifest the tag names.
+    let r = plain(
+        &admin,
+        Method::GET,
+        "/v2/shared/packs/csi-local-path/manifests/0.0.28",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.describe());
+    let (status, packs) = admin.get("/v1/packs?name=csi-local-path").await;
+    assert_eq!(status, 200, "{packs}");
+    let listed = &packs["items"][0];
+    assert_eq!(listed["version"], "0.0.28", "{packs}");
+    assert_eq!(listed["layer_type"], "storage", "{packs}");
+    assert_eq!(
+        listed["digest"],
+        r.header("docker-content-digest"),
+        "{packs}"
+    );
+    let (_, audit) = admin.get("/v1/audit?action=bundle%20import").await;
+    assert!(
+        audit.to_string().contains(&format!("API upload {id}")),
+        "the audit says how the bundle came: {audit}"
+    );
     assert_eq!(
         admin.get(&format!("/v1/bundle-uploads/{id}")).await.0,
         404,
@@ -1647,6 +1673,24 @@ digest = "{manifest}"
             .any(|t| t.starts_with("shared/packs/metrics-server:")),
         "{tags:?}"
     );
+    let (layer, digest): (String, String) = kit
+        .db()
+        .query_row(
+            "SELECT layer_type, digest FROM packs WHERE name = 'metrics-server'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .expect("the imported pack is in the catalogue");
+    assert_eq!(layer, "addon");
+    let tagged: String = kit
+        .db()
+        .query_row(
+            "SELECT t.digest FROM registry_tags t JOIN registry_repositories r ON r.id = t.repository_id WHERE r.name = 'shared/packs/metrics-server'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("tag");
+    assert_eq!(digest, tagged);
     assert!(
         tags.iter().any(|t| t.starts_with("shared/images/")),
         "{tags:?}"
@@ -1911,4 +1955,39 @@ async fn an_upload_audits_its_start_import_and_abort_and_refused_chunks_but_not_
                 .is_some_and(|o| o.starts_with("audited 1.0.0"))),
         "the import's own entry"
     );
+}
+
+/// An image listed as kind `pack` is refused at import, naming the artifact and the fix, and
+/// nothing reaches the registry or the catalogue.
+#[test]
+fn an_image_listed_as_a_pack_is_refused_and_nothing_is_imported() {
+    let kit = Kit::new();
+    let work = kit.path("src");
+    Image::new(61, 2000).write_layout(&work.join("img"));
+    let recipe = write_recipe(
+        &work,
+        "[bundle]\nname = \"mislabelled\"\nversion = \"1.0.0\"\n[[layout]]\npath = \"img\"\nkind = \"pack\"\nname = \"cni-fake\"\nversion = \"1.0.0\"\n",
+    );
+    let out = kit.path("mislabelled.bundle");
+    let (code, _, err) = cli(&[
+        "bundle",
+        "build",
+        s(&recipe),
+        "--key",
+        s(&kit.key),
+        "-o",
+        s(&out),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let (code, stdout, err) = kit.import(&[&out], &[]);
+    assert_ne!(code, 0, "{stdout}");
+    assert!(
+        err.contains("cni-fake")
+            && err.contains("not a Palisade pack")
+            && err.contains("container-image"),
+        "{err}"
+    );
+    for table in ["packs", "registry_repositories", "bundle_imports"] {
+        assert_eq!(kit.count(table), 0, "{table}");
+    }
 }
