@@ -1991,3 +1991,85 @@ fn an_image_listed_as_a_pack_is_refused_and_nothing_is_imported() {
         assert_eq!(kit.count(table), 0, "{table}");
     }
 }
+
+/// The sample recipe of `bundles/` builds, verifies and imports: every sample pack lands in
+/// the catalogue and every image it names is pulled (from stand-ins pushed to Debian's
+/// docker-registry, reached through the recipe's own `[mirror]` option).
+#[test]
+fn the_sample_recipe_builds_a_bundle_that_imports() {
+    use crate::oci_pull::DockerRegistry;
+    let kit = Kit::new();
+    let registry = DockerRegistry::start();
+    let work = kit.path("src");
+    std::fs::create_dir_all(&work).expect("mkdir");
+    let image = crate::registry::Image::build(&work);
+    let bundles = Path::new(env!("CARGO_MANIFEST_DIR")).join("bundles");
+    let text = std::fs::read_to_string(bundles.join("sample-platform.toml")).expect("recipe");
+    let recipe: toml::Value = toml::from_str(&text).expect("recipe is TOML");
+    let references: Vec<String> = recipe["image"]
+        .as_array()
+        .expect("[[image]]")
+        .iter()
+        .map(|i| i["reference"].as_str().expect("reference").to_string())
+        .collect();
+    assert!(references.len() >= 10, "{references:?}");
+    for (i, reference) in references.iter().enumerate() {
+        let path = reference
+            .strip_prefix("mirror.example:5000/")
+            .expect("the sample names its mirror");
+        let (repo, tag) = path.rsplit_once(':').expect("a tag");
+        let layout = work.join(format!("layout{i}"));
+        image.write_layout(&layout, tag);
+        registry.push(&layout, tag, repo);
+    }
+    // The sample as a site would adapt it: its mirror on this host, paths made absolute.
+    let adapted = format!(
+        "plain_http = [\"{host}\"]\n{}\n[mirror]\n\"mirror.example:5000\" = \"{host}\"\n",
+        text.replace("path = \"", &format!("path = \"{}/", bundles.display())),
+        host = registry.host,
+    );
+    let recipe_path = work.join("sample.toml");
+    std::fs::write(&recipe_path, adapted).expect("recipe");
+    let out = kit.path("sample.bundle");
+    let (code, stdout, err) = cli(&[
+        "bundle",
+        "build",
+        s(&recipe_path),
+        "--key",
+        s(&kit.key),
+        "-o",
+        s(&out),
+    ]);
+    assert_eq!(code, 0, "{stdout}{err}");
+    let (code, stdout, err) = kit.verify(&[&out]);
+    assert_eq!(code, 0, "{stdout}{err}");
+    let (code, stdout, err) = kit.import(&[&out], &[]);
+    assert_eq!(code, 0, "{stdout}{err}");
+    let packs: Vec<(String, String)> = kit
+        .db()
+        .prepare("SELECT name, layer_type FROM packs ORDER BY name")
+        .expect("query")
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .expect("rows")
+        .collect::<Result<_, _>>()
+        .expect("packs");
+    assert_eq!(
+        packs,
+        [
+            ("cni-flannel", "network"),
+            ("csi-local-path", "storage"),
+            ("kubernetes-kubeadm", "kubernetes"),
+            ("metrics-server", "addon"),
+        ]
+        .map(|(n, l)| (n.to_string(), l.to_string()))
+    );
+    let images: i64 = kit
+        .db()
+        .query_row(
+            "SELECT count(*) FROM registry_tags t JOIN registry_repositories r ON r.id = t.repository_id WHERE r.name LIKE 'shared/images/%'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("count");
+    assert_eq!(images as usize, references.len());
+}
