@@ -1110,7 +1110,8 @@ async fn an_appliance_killed_mid_provisioning_creates_no_server_twice() {
     crate::provisioning::crash_mid_provisioning(&target, 2, Duration::from_secs(300)).await;
 }
 
-/// Wrong credentials, an unreachable Keystone and a missing image each say so.
+/// Wrong credentials, an unreachable Keystone, a missing image, flavor and network each say so,
+/// on the account check and on the cluster.
 #[tokio::test]
 async fn broken_accounts_and_images_give_clear_errors_through_the_appliance() {
     // The peer's SQLite loses builds when too many run at once: take every build slot the
@@ -1125,4 +1126,11 @@ async fn broken_accounts_and_images_give_clear_errors_through_the_appliance() {
     crate::provisioning::clear_error(&unreachable, Some("unreachable"), "127.0.0.1", limit).await;
     let no_image = e2e_target(peer().var("DEMO_PASSWORD"), "no-such-image");
     crate::provisioning::clear_error(&no_image, None, "no-such-image", limit).await;
+    let mut no_flavor = e2e_target(peer().var("DEMO_PASSWORD"), "palisade-test-boot");
+    no_flavor.placement["flavor"] = json!("no-such-flavor");
+    crate::provisioning::clear_error(&no_flavor, Some("not-found"), "no-such-flavor", limit).await;
+    let mut no_network = e2e_target(peer().var("DEMO_PASSWORD"), "palisade-test-boot");
+    no_network.placement["network"] = json!("no-such-network");
+    crate::provisioning::clear_error(&no_network, Some("not-found"), "no-such-network", limit)
+        .await;
 }

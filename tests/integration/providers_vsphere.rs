@@ -938,7 +938,7 @@ async fn an_appliance_killed_mid_provisioning_creates_no_vm_twice() {
     crate::provisioning::crash_mid_provisioning(&target, 4, Duration::from_secs(180)).await;
 }
 
-/// Wrong credentials, an unreachable vCenter and a missing template each say so.
+/// Wrong credentials, an unreachable vCenter, a missing template and network each say so.
 #[tokio::test]
 async fn broken_accounts_and_templates_give_clear_errors_through_the_appliance() {
     let limit = Duration::from_secs(120);
@@ -951,4 +951,8 @@ async fn broken_accounts_and_templates_give_clear_errors_through_the_appliance()
     crate::provisioning::clear_error(&unreachable, Some("unreachable"), "127.0.0.1", limit).await;
     let no_template = e2e_target(PASSWORD, "no-such-template");
     crate::provisioning::clear_error(&no_template, None, "no-such-template", limit).await;
+    let mut no_network = e2e_target(PASSWORD, "DC0_C0_RP0_VM0");
+    no_network.placement["network"] = serde_json::json!("no-such-network");
+    crate::provisioning::clear_error(&no_network, Some("not-found"), "no-such-network", limit)
+        .await;
 }
