@@ -871,3 +871,47 @@ async fn subscriptions_start_at_an_offset_or_a_time() {
         (15, &b"new"[..])
     );
 }
+
+#[tokio::test]
+async fn a_stuck_subscriber_on_large_messages_costs_a_bounded_read_ahead() {
+    let app = TestApp::start();
+    let admin = app.admin().await;
+    let client = peer_client(&app, &admin, "b1").await;
+    let mut stuck_opts = SubscribeOptions::new(pattern("blobs"));
+    stuck_opts.group = Some(group("stuck"));
+    stuck_opts.credit = 4;
+    let _stuck = client.subscribe(stuck_opts).await.expect("stuck");
+    let rss = |m: &str| -> u64 {
+        m.lines()
+            .find_map(|l| l.strip_prefix("palisade_process_resident_memory_bytes "))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("rss gauge")
+    };
+    let before = rss(&admin.get_text("/metrics").await.1);
+    // 160 MiB in 512 KiB messages: fewer than the 512 messages a group reads ahead.
+    let payload = "x".repeat(512 << 10);
+    let total = 320;
+    for _ in 0..(total / 8) {
+        let batch = (0..8).map(|_| msg(None, &payload)).collect();
+        client.publish("blobs", batch).await.expect("publish");
+    }
+    // Let the stuck group's dispatcher read ahead as far as it will.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = rss(&admin.get_text("/metrics").await.1);
+    let grown = after.saturating_sub(before);
+    assert!(
+        grown < 64 << 20,
+        "the broker grew by {} MiB while 160 MiB of large messages waited for a stuck subscriber",
+        grown >> 20
+    );
+    let (_, groups) = admin.get("/v1/broker/groups").await;
+    let stuck = groups
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|g| g["group"] == "stuck")
+        .expect("stuck group")
+        .clone();
+    assert!(stuck["in_flight"].as_u64() <= Some(4), "{stuck}");
+    assert!(stuck["lag"].as_u64() >= Some(total - 4), "{stuck}");
+}
