@@ -6,6 +6,11 @@
 //! endpoint on each failure; publishes carry a producer id and consecutive sequence numbers,
 //! so a retry after a lost answer never stores a message twice; subscriptions in a named group
 //! resume from the group's committed position.
+//!
+//! Rule enforced here: a producer sequence is never reused for different content. After a
+//! publish fails, its batch may or may not be stored, so the next batch to that topic goes
+//! out under a fresh producer id; otherwise the broker would answer it as a duplicate of the
+//! failed one and drop it.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -92,10 +97,24 @@ struct Remote {
 
 struct Inner {
     transport: Transport,
-    producer_id: u64,
-    /// Next sequence per topic; the async lock keeps one publish per topic in flight so
-    /// sequences reach the broker in order.
-    sequences: Mutex<HashMap<TopicName, Arc<tokio::sync::Mutex<u64>>>>,
+    /// Producer id and next sequence per topic; the async lock keeps one publish per topic in
+    /// flight so sequences reach the broker in order.
+    sequences: Mutex<HashMap<TopicName, Arc<tokio::sync::Mutex<Producer>>>>,
+}
+
+/// The producer id [`Client::publish`] uses on one topic, and its next sequence.
+struct Producer {
+    id: u64,
+    next: u64,
+}
+
+impl Default for Producer {
+    fn default() -> Self {
+        Producer {
+            id: random_producer(),
+            next: 0,
+        }
+    }
 }
 
 /// A broker client; cheap to clone.
@@ -148,7 +167,6 @@ impl Client {
         Client {
             inner: Arc::new(Inner {
                 transport,
-                producer_id: random_producer(),
                 sequences: Mutex::new(HashMap::new()),
             }),
         }
@@ -156,10 +174,14 @@ impl Client {
 
     /// Publishes `messages` to `topic`; returns their offsets once they are durable. Over gRPC
     /// it retries through failures (reconnecting, failing over) until `publish_timeout`,
-    /// without ever storing a message twice.
+    /// without ever storing a message twice. A batch of more than [`PRODUCER_WINDOW`] messages
+    /// goes out as several requests, each within the window the broker recognises retries in.
+    ///
+    /// On an error the batch (or, for a split batch, part of it) may have been stored; a
+    /// caller that publishes it again may store it twice (at least once).
     pub async fn publish(&self, topic: &str, messages: Vec<NewRecord>) -> Result<Vec<u64>, Error> {
         let topic = TopicName::new(topic).map_err(super::hub::Error::from)?;
-        let seq = self
+        let slot = self
             .inner
             .sequences
             .lock()
@@ -167,29 +189,58 @@ impl Client {
             .entry(topic.clone())
             .or_default()
             .clone();
-        let mut next = seq.lock().await;
-        let n = messages.len() as u64;
-        let offsets = match &self.inner.transport {
+        let mut producer = slot.lock().await;
+        let published = self.publish_as(&mut producer, &topic, messages).await;
+        if published.is_err() {
+            // Whatever was sent may be stored under these sequences: never send them again
+            // with other content.
+            *producer = Producer::default();
+        }
+        published
+    }
+
+    /// Publishes under `producer`, advancing its sequence past every request answered.
+    async fn publish_as(
+        &self,
+        producer: &mut Producer,
+        topic: &TopicName,
+        messages: Vec<NewRecord>,
+    ) -> Result<Vec<u64>, Error> {
+        match &self.inner.transport {
             Transport::Local(broker) => {
+                // In process there is no lost answer to retry, so no window to keep within.
+                let n = messages.len() as u64;
                 let records = messages
                     .into_iter()
                     .enumerate()
-                    .map(|(i, m)| m.with_producer(self.inner.producer_id, *next + i as u64))
+                    .map(|(i, m)| m.with_producer(producer.id, producer.next + i as u64))
                     .collect();
-                broker
-                    .publish(&Peer::Appliance, &topic, records)
+                let offsets = broker
+                    .publish(&Peer::Appliance, topic, records)
                     .await?
                     .into_iter()
                     .map(|a| a.offset)
-                    .collect()
+                    .collect();
+                producer.next += n;
+                Ok(offsets)
             }
             Transport::Remote(remote) => {
-                let req = request(&topic, self.inner.producer_id, *next, messages, 0);
-                remote.publish(req).await?
+                let mut offsets = Vec::with_capacity(messages.len());
+                let mut rest = messages;
+                // At least one request, even for an empty batch, so that a refusal is reported.
+                loop {
+                    let tail = rest.split_off(rest.len().min(PRODUCER_WINDOW));
+                    let chunk = std::mem::replace(&mut rest, tail);
+                    let n = chunk.len() as u64;
+                    let req = request(topic, producer.id, producer.next, chunk, 0);
+                    offsets.extend(remote.publish(req).await?);
+                    producer.next += n;
+                    if rest.is_empty() {
+                        return Ok(offsets);
+                    }
+                }
             }
-        };
-        *next += n;
-        Ok(offsets)
+        }
     }
 
     /// A publisher for one topic that keeps many batches in flight (pipelining): each
