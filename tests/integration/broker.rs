@@ -1132,3 +1132,57 @@ async fn a_batch_larger_than_the_producer_window_is_stored_once_across_a_lost_an
         .map(|t| t["depth"].clone());
     assert_eq!(depth, Some(json!(total + 1)), "stored once: {topics}");
 }
+
+#[tokio::test]
+async fn a_publisher_refused_for_a_revoked_certificate_fails_its_batches_promptly() {
+    let app = TestApp::start();
+    let admin = app.admin().await;
+    let issued = issue(&admin, "broker-peer", "b1").await;
+    let client = Client::connect(config(&app, &issued)).expect("client");
+    client
+        .publish("events.ops", vec![msg(None, "before")])
+        .await
+        .expect("publish before the revocation");
+    let serial = issued["certificate"]["serial"].as_str().expect("serial");
+    let (status, body) = admin
+        .post(
+            &format!("/v1/broker/certificates/{serial}/revoke"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // The broker refuses the PublishStream call itself: every batch queued fails with that
+    // refusal, promptly, and so does a batch sent later.
+    let publisher = client.publisher("events.ops").expect("publisher");
+    let mut acks = Vec::new();
+    for i in 0..5 {
+        acks.push(
+            publisher
+                .send(vec![msg(None, &format!("after{i}"))])
+                .await
+                .expect("send"),
+        );
+    }
+    for ack in acks {
+        let answer = tokio::time::timeout(Duration::from_secs(10), ack.wait())
+            .await
+            .expect("a refused batch is answered within 10 s");
+        match answer {
+            Err(ClientError::Refused(s)) => {
+                assert_eq!(s.code(), tonic::Code::Unauthenticated, "{s:?}");
+                assert!(s.message().contains("revoked"), "{}", s.message());
+            }
+            other => panic!("expected the refusal, got {other:?}"),
+        }
+    }
+    let later = tokio::time::timeout(Duration::from_secs(10), async {
+        publisher.send(vec![msg(None, "later")]).await?.wait().await
+    })
+    .await
+    .expect("a later batch is answered within 10 s");
+    assert!(
+        matches!(&later, Err(ClientError::Refused(s)) if s.message().contains("revoked")),
+        "{later:?}"
+    );
+}
