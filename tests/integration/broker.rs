@@ -439,8 +439,18 @@ async fn agents_reach_only_their_own_cluster_and_revoked_or_unknown_certificates
         .expect("appliance publishes desired state");
     let got = take(&mut sub, 1, true).await;
     assert_eq!(got[0].payload, b"spec v1");
+    // A batch publisher with its stream open, as an agent reporting health has.
+    let reports = format!("clusters.{cluster}.reports.health");
+    let publisher = a.publisher(&reports).expect("publisher");
+    publisher
+        .send(vec![msg(None, "healthy")])
+        .await
+        .expect("send")
+        .wait()
+        .await
+        .expect("a batch before the revocation is stored");
 
-    // Revocation: the open subscription ends, new calls are refused.
+    // Revocation: the open subscription and publish stream end, new calls are refused.
     let serial = agent["certificate"]["serial"].as_str().expect("serial");
     let (status, body) = admin
         .post(
@@ -460,6 +470,30 @@ async fn agents_reach_only_their_own_cluster_and_revoked_or_unknown_certificates
         }
         other => panic!("expected a refusal, got {other:?}"),
     }
+    let after = tokio::time::timeout(Duration::from_secs(10), async {
+        publisher.send(vec![msg(None, "after")]).await?.wait().await
+    })
+    .await
+    .expect("the open publisher answers within 10 s of the revocation");
+    match after {
+        Err(ClientError::Refused(s)) => {
+            assert_eq!(s.code(), tonic::Code::Unauthenticated, "{s:?}");
+            assert!(s.message().contains("revoked"), "{}", s.message());
+        }
+        other => panic!("the open publish stream outlived the revocation: {other:?}"),
+    }
+    let (_, topics) = admin.get("/v1/broker/topics").await;
+    let depth = topics
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|t| t["topic"] == reports.as_str())
+        .map(|t| t["depth"].clone());
+    assert_eq!(
+        depth,
+        Some(json!(2)),
+        "only the reports sent before the revocation: {topics}"
+    );
     match a
         .publish(
             &format!("clusters.{cluster}.reports.health"),
@@ -872,50 +906,6 @@ async fn subscriptions_start_at_an_offset_or_a_time() {
     );
 }
 
-#[tokio::test]
-async fn a_stuck_subscriber_on_large_messages_costs_a_bounded_read_ahead() {
-    let app = TestApp::start();
-    let admin = app.admin().await;
-    let client = peer_client(&app, &admin, "b1").await;
-    let mut stuck_opts = SubscribeOptions::new(pattern("blobs"));
-    stuck_opts.group = Some(group("stuck"));
-    stuck_opts.credit = 4;
-    let _stuck = client.subscribe(stuck_opts).await.expect("stuck");
-    let rss = |m: &str| -> u64 {
-        m.lines()
-            .find_map(|l| l.strip_prefix("palisade_process_resident_memory_bytes "))
-            .and_then(|v| v.trim().parse().ok())
-            .expect("rss gauge")
-    };
-    let before = rss(&admin.get_text("/metrics").await.1);
-    // 160 MiB in 512 KiB messages: fewer than the 512 messages a group reads ahead.
-    let payload = "x".repeat(512 << 10);
-    let total = 320;
-    for _ in 0..(total / 8) {
-        let batch = (0..8).map(|_| msg(None, &payload)).collect();
-        client.publish("blobs", batch).await.expect("publish");
-    }
-    // Let the stuck group's dispatcher read ahead as far as it will.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let after = rss(&admin.get_text("/metrics").await.1);
-    let grown = after.saturating_sub(before);
-    assert!(
-        grown < 64 << 20,
-        "the broker grew by {} MiB while 160 MiB of large messages waited for a stuck subscriber",
-        grown >> 20
-    );
-    let (_, groups) = admin.get("/v1/broker/groups").await;
-    let stuck = groups
-        .as_array()
-        .expect("array")
-        .iter()
-        .find(|g| g["group"] == "stuck")
-        .expect("stuck group")
-        .clone();
-    assert!(stuck["in_flight"].as_u64() <= Some(4), "{stuck}");
-    assert!(stuck["lag"].as_u64() >= Some(total - 4), "{stuck}");
-}
-
 /// What the [`Proxy`] does with a connection.
 const PASS: u8 = 0;
 /// Forward what the client sends, throw away what the broker answers.
@@ -1185,4 +1175,48 @@ async fn a_publisher_refused_for_a_revoked_certificate_fails_its_batches_promptl
         matches!(&later, Err(ClientError::Refused(s)) if s.message().contains("revoked")),
         "{later:?}"
     );
+}
+
+#[tokio::test]
+async fn a_stuck_subscriber_on_large_messages_costs_a_bounded_read_ahead() {
+    let app = TestApp::start();
+    let admin = app.admin().await;
+    let client = peer_client(&app, &admin, "b1").await;
+    let mut stuck_opts = SubscribeOptions::new(pattern("blobs"));
+    stuck_opts.group = Some(group("stuck"));
+    stuck_opts.credit = 4;
+    let _stuck = client.subscribe(stuck_opts).await.expect("stuck");
+    let rss = |m: &str| -> u64 {
+        m.lines()
+            .find_map(|l| l.strip_prefix("palisade_process_resident_memory_bytes "))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("rss gauge")
+    };
+    let before = rss(&admin.get_text("/metrics").await.1);
+    // 160 MiB in 512 KiB messages: fewer than the 512 messages a group reads ahead.
+    let payload = "x".repeat(512 << 10);
+    let total = 320;
+    for _ in 0..(total / 8) {
+        let batch = (0..8).map(|_| msg(None, &payload)).collect();
+        client.publish("blobs", batch).await.expect("publish");
+    }
+    // Let the stuck group's dispatcher read ahead as far as it will.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = rss(&admin.get_text("/metrics").await.1);
+    let grown = after.saturating_sub(before);
+    assert!(
+        grown < 64 << 20,
+        "the broker grew by {} MiB while 160 MiB of large messages waited for a stuck subscriber",
+        grown >> 20
+    );
+    let (_, groups) = admin.get("/v1/broker/groups").await;
+    let stuck = groups
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|g| g["group"] == "stuck")
+        .expect("stuck group")
+        .clone();
+    assert!(stuck["in_flight"].as_u64() <= Some(4), "{stuck}");
+    assert!(stuck["lag"].as_u64() >= Some(total - 4), "{stuck}");
 }
