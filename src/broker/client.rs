@@ -6,6 +6,11 @@
 //! endpoint on each failure; publishes carry a producer id and consecutive sequence numbers,
 //! so a retry after a lost answer never stores a message twice; subscriptions in a named group
 //! resume from the group's committed position.
+//!
+//! Rule enforced here: a producer sequence is never reused for different content. After a
+//! publish fails, its batch may or may not be stored, so the next batch to that topic goes
+//! out under a fresh producer id; otherwise the broker would answer it as a duplicate of the
+//! failed one and drop it.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -92,10 +97,24 @@ struct Remote {
 
 struct Inner {
     transport: Transport,
-    producer_id: u64,
-    /// Next sequence per topic; the async lock keeps one publish per topic in flight so
-    /// sequences reach the broker in order.
-    sequences: Mutex<HashMap<TopicName, Arc<tokio::sync::Mutex<u64>>>>,
+    /// Producer id and next sequence per topic; the async lock keeps one publish per topic in
+    /// flight so sequences reach the broker in order.
+    sequences: Mutex<HashMap<TopicName, Arc<tokio::sync::Mutex<Producer>>>>,
+}
+
+/// The producer id [`Client::publish`] uses on one topic, and its next sequence.
+struct Producer {
+    id: u64,
+    next: u64,
+}
+
+impl Default for Producer {
+    fn default() -> Self {
+        Producer {
+            id: random_producer(),
+            next: 0,
+        }
+    }
 }
 
 /// A broker client; cheap to clone.
@@ -148,7 +167,6 @@ impl Client {
         Client {
             inner: Arc::new(Inner {
                 transport,
-                producer_id: random_producer(),
                 sequences: Mutex::new(HashMap::new()),
             }),
         }
@@ -156,10 +174,14 @@ impl Client {
 
     /// Publishes `messages` to `topic`; returns their offsets once they are durable. Over gRPC
     /// it retries through failures (reconnecting, failing over) until `publish_timeout`,
-    /// without ever storing a message twice.
+    /// without ever storing a message twice. A batch of more than [`PRODUCER_WINDOW`] messages
+    /// goes out as several requests, each within the window the broker recognises retries in.
+    ///
+    /// On an error the batch (or, for a split batch, part of it) may have been stored; a
+    /// caller that publishes it again may store it twice (at least once).
     pub async fn publish(&self, topic: &str, messages: Vec<NewRecord>) -> Result<Vec<u64>, Error> {
         let topic = TopicName::new(topic).map_err(super::hub::Error::from)?;
-        let seq = self
+        let slot = self
             .inner
             .sequences
             .lock()
@@ -167,29 +189,58 @@ impl Client {
             .entry(topic.clone())
             .or_default()
             .clone();
-        let mut next = seq.lock().await;
-        let n = messages.len() as u64;
-        let offsets = match &self.inner.transport {
+        let mut producer = slot.lock().await;
+        let published = self.publish_as(&mut producer, &topic, messages).await;
+        if published.is_err() {
+            // Whatever was sent may be stored under these sequences: never send them again
+            // with other content.
+            *producer = Producer::default();
+        }
+        published
+    }
+
+    /// Publishes under `producer`, advancing its sequence past every request answered.
+    async fn publish_as(
+        &self,
+        producer: &mut Producer,
+        topic: &TopicName,
+        messages: Vec<NewRecord>,
+    ) -> Result<Vec<u64>, Error> {
+        match &self.inner.transport {
             Transport::Local(broker) => {
+                // In process there is no lost answer to retry, so no window to keep within.
+                let n = messages.len() as u64;
                 let records = messages
                     .into_iter()
                     .enumerate()
-                    .map(|(i, m)| m.with_producer(self.inner.producer_id, *next + i as u64))
+                    .map(|(i, m)| m.with_producer(producer.id, producer.next + i as u64))
                     .collect();
-                broker
-                    .publish(&Peer::Appliance, &topic, records)
+                let offsets = broker
+                    .publish(&Peer::Appliance, topic, records)
                     .await?
                     .into_iter()
                     .map(|a| a.offset)
-                    .collect()
+                    .collect();
+                producer.next += n;
+                Ok(offsets)
             }
             Transport::Remote(remote) => {
-                let req = request(&topic, self.inner.producer_id, *next, messages, 0);
-                remote.publish(req).await?
+                let mut offsets = Vec::with_capacity(messages.len());
+                let mut rest = messages;
+                // At least one request, even for an empty batch, so that a refusal is reported.
+                loop {
+                    let tail = rest.split_off(rest.len().min(PRODUCER_WINDOW));
+                    let chunk = std::mem::replace(&mut rest, tail);
+                    let n = chunk.len() as u64;
+                    let req = request(topic, producer.id, producer.next, chunk, 0);
+                    offsets.extend(remote.publish(req).await?);
+                    producer.next += n;
+                    if rest.is_empty() {
+                        return Ok(offsets);
+                    }
+                }
             }
-        };
-        *next += n;
-        Ok(offsets)
+        }
     }
 
     /// A publisher for one topic that keeps many batches in flight (pipelining): each
@@ -387,48 +438,73 @@ impl Coalesced {
 
 type Sent = (proto::PublishRequest, Vec<(usize, Reply)>);
 
-fn refuse_all(replies: Vec<(usize, Reply)>, status: &Status) {
-    for (_, reply) in replies {
-        let _ = reply.send(Err(Error::Refused(Box::new(status.clone()))));
-    }
+/// Refusals that end a pipelined publisher for good: the broker will not take anything from
+/// this certificate on this topic (revoked, unknown, not allowed).
+fn refuses_publisher(s: &Status) -> bool {
+    matches!(s.code(), Code::Unauthenticated | Code::PermissionDenied)
 }
 
-/// Runs a PublishStream. Batches queued while earlier ones are in flight are merged into one
-/// request (fewer, larger appends), and every unanswered request is resent with the same
-/// sequences after a reconnect, so nothing is lost or stored twice.
-async fn remote_pipeline(
-    client: Client,
+/// How one PublishStream call ended.
+enum StreamEnd {
+    /// The input is closed and every batch answered.
+    Done,
+    /// The connection or the stream failed; reconnect and resend.
+    Lost(Status),
+    /// The broker refused this publisher; see [`refuses_publisher`].
+    Refused(Status),
+}
+
+/// The state of a pipelined publisher that outlives one PublishStream call.
+struct Pipeline {
     topic: TopicName,
     producer: u64,
-    mut rx: mpsc::Receiver<(Vec<NewRecord>, Reply)>,
-) {
-    let Ok(remote) = client.remote() else { return };
-    let mut unanswered: VecDeque<Sent> = VecDeque::new();
-    let mut next_seq = 0u64;
-    let mut next_id = 1u64;
-    let mut backoff = remote.config.backoff_min;
-    let mut input_open = true;
-    // Records sent but not answered stay within the log's producer window, so that after a
-    // reconnect every one of them can be resent and recognised if it was already stored.
-    let mut in_flight_records = 0usize;
-    let mut held = Coalesced::default();
-    // A batch that did not fit into `held`; it starts the next one.
-    let mut overflow: Option<(Vec<NewRecord>, Reply)> = None;
-    loop {
-        if !input_open && unanswered.is_empty() && held.messages.is_empty() {
-            return;
+    next_seq: u64,
+    next_id: u64,
+    /// Requests sent and not yet answered, oldest first; resent after a reconnect.
+    unanswered: VecDeque<Sent>,
+    /// Records sent but not answered stay within the log's producer window, so that after a
+    /// reconnect every one of them can be resent and recognised if it was already stored.
+    in_flight_records: usize,
+    held: Coalesced,
+    /// A batch that did not fit into `held`; it starts the next one.
+    overflow: Option<(Vec<NewRecord>, Reply)>,
+    input_open: bool,
+    /// An answer arrived since this was last cleared.
+    progress: bool,
+}
+
+impl Pipeline {
+    fn idle(&self) -> bool {
+        self.unanswered.is_empty() && self.held.messages.is_empty() && self.overflow.is_none()
+    }
+
+    /// Answers every batch the pipeline holds with `error()`. Those sent may have been stored
+    /// under their sequences, so later batches go out under a fresh producer id.
+    fn fail_all(&mut self, error: impl Fn() -> Error) {
+        let held = std::mem::take(&mut self.held).replies;
+        let replies = self
+            .unanswered
+            .drain(..)
+            .flat_map(|(_, replies)| replies)
+            .chain(held)
+            .map(|(_, reply)| reply)
+            .chain(self.overflow.take().map(|(_, reply)| reply));
+        for reply in replies {
+            let _ = reply.send(Err(error()));
         }
-        let channel = match remote.channel().await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::debug!(error = %e, "broker unreachable; publisher retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(remote.config.backoff_max);
-                continue;
-            }
-        };
+        self.in_flight_records = 0;
+        self.producer = random_producer();
+        self.next_seq = 0;
+    }
+
+    /// Runs one PublishStream call on `channel` until it ends.
+    async fn run(
+        &mut self,
+        channel: Channel,
+        rx: &mut mpsc::Receiver<(Vec<NewRecord>, Reply)>,
+    ) -> StreamEnd {
         let (requests, req_rx) = mpsc::channel(PIPELINE * 2);
-        for (req, _) in &unanswered {
+        for (req, _) in &self.unanswered {
             let _ = requests.try_send(req.clone());
         }
         let mut answers = match BrokerClient::new(channel)
@@ -436,39 +512,38 @@ async fn remote_pipeline(
             .await
         {
             Ok(r) => r.into_inner(),
-            Err(s) => {
-                if permanent(&s) {
-                    for (_, replies) in unanswered.drain(..) {
-                        refuse_all(replies, &s);
-                    }
-                    in_flight_records = 0;
-                } else {
-                    remote.forget().await;
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(remote.config.backoff_max);
-                }
-                continue;
-            }
+            // The call itself refused: nothing this publisher sends can be taken.
+            Err(s) if permanent(&s) => return StreamEnd::Refused(s),
+            Err(s) => return StreamEnd::Lost(s),
         };
         loop {
-            if !held.messages.is_empty()
-                && in_flight_records + held.messages.len() <= PRODUCER_WINDOW
-                && unanswered.len() < PIPELINE
+            if !self.held.messages.is_empty()
+                && self.in_flight_records + self.held.messages.len() <= PRODUCER_WINDOW
+                && self.unanswered.len() < PIPELINE
             {
-                let batch = std::mem::take(&mut held);
+                let batch = std::mem::take(&mut self.held);
                 let n = batch.messages.len();
-                let req = request(&topic, producer, next_seq, batch.messages, next_id);
-                next_seq += n as u64;
-                next_id += 1;
-                in_flight_records += n;
+                let req = request(
+                    &self.topic,
+                    self.producer,
+                    self.next_seq,
+                    batch.messages,
+                    self.next_id,
+                );
+                self.next_seq += n as u64;
+                self.next_id += 1;
+                self.in_flight_records += n;
                 let _ = requests.send(req.clone()).await;
-                unanswered.push_back((req, batch.replies));
-                if let Some((messages, reply)) = overflow.take() {
-                    held.push(messages, reply);
+                self.unanswered.push_back((req, batch.replies));
+                if let Some((messages, reply)) = self.overflow.take() {
+                    self.held.push(messages, reply);
                 }
             }
+            if !self.input_open && self.idle() {
+                return StreamEnd::Done;
+            }
             tokio::select! {
-                input = rx.recv(), if input_open && overflow.is_none() => match input {
+                input = rx.recv(), if self.input_open && self.overflow.is_none() => match input {
                     Some(first) => {
                         let mut next = Some(first);
                         while let Some((messages, reply)) = next.take() {
@@ -477,24 +552,24 @@ async fn remote_pipeline(
                                     "a batch of {} messages is more than a publisher may have in flight ({PRODUCER_WINDOW}): split it",
                                     messages.len()
                                 ))));
-                            } else if held.fits(&messages) {
-                                held.push(messages, reply);
+                            } else if self.held.fits(&messages) {
+                                self.held.push(messages, reply);
                             } else {
-                                overflow = Some((messages, reply));
+                                self.overflow = Some((messages, reply));
                                 break;
                             }
                             // Take what else is already queued, to send it in one request.
                             next = rx.try_recv().ok();
                         }
                     }
-                    None => input_open = false,
+                    None => self.input_open = false,
                 },
                 answer = answers.message() => match answer {
                     Ok(Some(a)) => {
-                        backoff = remote.config.backoff_min;
-                        if unanswered.front().is_some_and(|(r, _)| r.request_id == a.request_id) {
-                            if let Some((r, replies)) = unanswered.pop_front() {
-                                in_flight_records -= r.messages.len();
+                        self.progress = true;
+                        if self.unanswered.front().is_some_and(|(r, _)| r.request_id == a.request_id) {
+                            if let Some((r, replies)) = self.unanswered.pop_front() {
+                                self.in_flight_records -= r.messages.len();
                                 let mut offsets = a.offsets.into_iter();
                                 for (n, reply) in replies {
                                     let _ = reply.send(Ok(offsets.by_ref().take(n).collect()));
@@ -502,30 +577,114 @@ async fn remote_pipeline(
                             }
                         }
                     }
-                    Ok(None) => break,
+                    Ok(None) => {
+                        return StreamEnd::Lost(Status::unavailable("the broker ended the publish stream"))
+                    }
+                    Err(s) if refuses_publisher(&s) => return StreamEnd::Refused(s),
                     Err(s) if permanent(&s) => {
-                        // The first unanswered request was refused; it cannot be retried, and
-                        // later ones would now leave a gap in the sequence.
-                        if let Some((_, replies)) = unanswered.pop_front() {
+                        // The first unanswered request was refused (a bad message, a sequence
+                        // the broker does not expect); it cannot be retried, and later ones
+                        // would now leave a gap in the sequence. The broker stopped reading
+                        // after it, so the publisher goes on with a fresh producer.
+                        if let Some((_, replies)) = self.unanswered.pop_front() {
                             refuse_all(replies, &s);
                         }
-                        let aborted =
-                            Status::aborted("an earlier batch of this publisher was refused");
-                        for (_, replies) in unanswered.drain(..) {
-                            refuse_all(replies, &aborted);
-                        }
-                        refuse_all(std::mem::take(&mut held).replies, &aborted);
-                        if let Some((_, reply)) = overflow.take() {
-                            refuse_all(vec![(0, reply)], &aborted);
-                        }
-                        return;
+                        let aborted = Status::aborted(format!(
+                            "an earlier batch of this publisher was refused: {}",
+                            s.message()
+                        ));
+                        self.fail_all(|| Error::Refused(Box::new(aborted.clone())));
+                        return StreamEnd::Lost(s);
                     }
-                    Err(_) => break,
+                    Err(s) => return StreamEnd::Lost(s),
                 },
             }
-            if !input_open && unanswered.is_empty() && held.messages.is_empty() {
+        }
+    }
+}
+
+fn refuse_all(replies: Vec<(usize, Reply)>, status: &Status) {
+    for (_, reply) in replies {
+        let _ = reply.send(Err(Error::Refused(Box::new(status.clone()))));
+    }
+}
+
+/// Runs a pipelined publisher over PublishStream. Batches queued while earlier ones are in
+/// flight are merged into one request (fewer, larger appends), and every unanswered request
+/// is resent with the same sequences after a reconnect, so nothing is lost or stored twice.
+///
+/// Failures: a transient one (broker unreachable, stream lost) is retried with exponential
+/// backoff; batches that stay unanswered for `publish_timeout` fail with
+/// [`Error::Unreachable`]. A refusal of the publisher itself (revoked or unknown certificate,
+/// topic not allowed) fails every batch queued or in flight, and every later one, with
+/// [`Error::Refused`]. After a failure later batches use a fresh producer id, so a sequence is
+/// never reused for different content.
+async fn remote_pipeline(
+    client: Client,
+    topic: TopicName,
+    producer: u64,
+    mut rx: mpsc::Receiver<(Vec<NewRecord>, Reply)>,
+) {
+    let Ok(remote) = client.remote() else { return };
+    let mut pipe = Pipeline {
+        topic,
+        producer,
+        next_seq: 0,
+        next_id: 1,
+        unanswered: VecDeque::new(),
+        in_flight_records: 0,
+        held: Coalesced::default(),
+        overflow: None,
+        input_open: true,
+        progress: false,
+    };
+    let mut backoff = remote.config.backoff_min;
+    // Since when batches have been waiting without an answer.
+    let mut stalled_since: Option<tokio::time::Instant> = None;
+    loop {
+        let end = match remote.channel().await {
+            Ok(channel) => pipe.run(channel, &mut rx).await,
+            Err(s) => StreamEnd::Lost(s),
+        };
+        let lost = match end {
+            StreamEnd::Done => return,
+            StreamEnd::Refused(s) => {
+                tracing::warn!(topic = %pipe.topic, error = %s, "the broker refused a publisher");
+                pipe.fail_all(|| Error::Refused(Box::new(s.clone())));
+                // Batches already queued and any sent later get the same answer, until the
+                // owner drops the publisher.
+                while let Some((_, reply)) = rx.recv().await {
+                    let _ = reply.send(Err(Error::Refused(Box::new(s.clone()))));
+                }
                 return;
             }
+            StreamEnd::Lost(s) => s,
+        };
+        tracing::debug!(topic = %pipe.topic, error = %lost, "publish stream lost; publisher retrying");
+        if std::mem::take(&mut pipe.progress) {
+            backoff = remote.config.backoff_min;
+            stalled_since = None;
+        }
+        if pipe.idle() && rx.is_empty() {
+            stalled_since = None;
+        } else {
+            let since = *stalled_since.get_or_insert_with(tokio::time::Instant::now);
+            if since.elapsed() + backoff > remote.config.publish_timeout {
+                let waited = since.elapsed();
+                let last = lost.message().to_string();
+                let unreachable = || Error::Unreachable {
+                    waited,
+                    last: last.clone(),
+                };
+                pipe.fail_all(unreachable);
+                while let Ok((_, reply)) = rx.try_recv() {
+                    let _ = reply.send(Err(unreachable()));
+                }
+                stalled_since = None;
+            }
+        }
+        if !pipe.input_open && pipe.idle() {
+            return;
         }
         remote.forget().await;
         tokio::time::sleep(backoff).await;

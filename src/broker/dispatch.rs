@@ -9,8 +9,10 @@
 //! - Ordering per key: while a message with key K is in flight, later messages with key K go
 //!   only to the same member, in offset order; when a K message must be delivered again, the
 //!   later K messages in flight are delivered again after it too.
-//! - Bounded memory: at most `pending_records` read-ahead records; in-flight messages are kept
-//!   as offsets only and re-read from the log if they must be delivered again.
+//! - Bounded memory: at most `pending_records` read-ahead records and
+//!   [`READ_AHEAD_MAX_BYTES`] (but always at least one record, however large); in-flight
+//!   messages are kept as offsets only and re-read from the log if they must be delivered
+//!   again; ack deadlines of acked deliveries are dropped once they outnumber the live ones.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -23,8 +25,13 @@ use tokio::time::Instant;
 use super::log::{GroupName, Log, NewRecord, ReadLimits, StoredRecord, TopicName};
 use super::Delivery;
 
-/// Largest read-ahead of one dispatcher, in bytes.
-const READ_AHEAD_BYTES: usize = 1 << 20;
+/// Most bytes one read from the log returns.
+const READ_BYTES: usize = 1 << 20;
+/// Most bytes of records one dispatcher holds read ahead: a group stuck on a topic of large
+/// messages must not hold `pending_records` of them (512 MiB of 1 MiB messages).
+const READ_AHEAD_MAX_BYTES: usize = 4 << 20;
+/// Ack deadlines kept beyond those of live deliveries before the stale ones are dropped.
+const STALE_DEADLINES: usize = 1024;
 
 /// A subscriber as dispatchers see it: its credit, its queue and how to wake it.
 pub(crate) struct Member {
@@ -200,13 +207,17 @@ struct Dispatcher {
     next_member: usize,
     next_read: u64,
     pending: VecDeque<StoredRecord>,
+    /// Bytes of the records in `pending`.
+    pending_bytes: usize,
     in_flight: BTreeMap<u64, Flight>,
     redeliver: BTreeMap<u64, Waiting>,
     /// Keys with a message waiting in `redeliver`: their newer messages wait behind it.
     redeliver_keys: HashMap<Vec<u8>, usize>,
     /// Member holding in-flight messages of a key, and how many.
     owners: HashMap<Vec<u8>, (u64, usize)>,
-    /// Ack deadlines in delivery order (ack_wait is fixed, so this is time order).
+    /// Ack deadlines in delivery order (ack_wait is fixed, so this is time order). Entries of
+    /// deliveries since acked stay until they expire or [`Dispatcher::drop_stale_deadlines`]
+    /// removes them, so this holds at most `STALE_DEADLINES` more than `in_flight`.
     deadlines: VecDeque<(Instant, u64, u64)>,
     /// Offsets that failed too often, waiting to be copied to the dead-letter topic.
     dead: Vec<(u64, u32)>,
@@ -216,33 +227,39 @@ struct Dispatcher {
 
 /// Starts a dispatcher task for `spec`.
 pub(crate) fn spawn(spec: Spec) -> Handle {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let wake = Arc::new(Notify::new());
-    let stats = Arc::new(DispatchStats::default());
-    stats.position.store(spec.start, Ordering::Relaxed);
-    let d = Dispatcher {
-        next_read: spec.start,
-        committed: spec.start,
-        spec,
-        cmds: rx,
-        wake,
-        stats: stats.clone(),
-        members: Vec::new(),
-        next_member: 0,
-        pending: VecDeque::new(),
-        in_flight: BTreeMap::new(),
-        redeliver: BTreeMap::new(),
-        redeliver_keys: HashMap::new(),
-        owners: HashMap::new(),
-        deadlines: VecDeque::new(),
-        dead: Vec::new(),
-        last_commit: Instant::now(),
-    };
+    let (d, handle) = Dispatcher::new(spec);
     tokio::spawn(d.run());
-    Handle { cmds: tx, stats }
+    handle
 }
 
 impl Dispatcher {
+    fn new(spec: Spec) -> (Dispatcher, Handle) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let wake = Arc::new(Notify::new());
+        let stats = Arc::new(DispatchStats::default());
+        stats.position.store(spec.start, Ordering::Relaxed);
+        let d = Dispatcher {
+            next_read: spec.start,
+            committed: spec.start,
+            spec,
+            cmds: rx,
+            wake,
+            stats: stats.clone(),
+            members: Vec::new(),
+            next_member: 0,
+            pending: VecDeque::new(),
+            pending_bytes: 0,
+            in_flight: BTreeMap::new(),
+            redeliver: BTreeMap::new(),
+            redeliver_keys: HashMap::new(),
+            owners: HashMap::new(),
+            deadlines: VecDeque::new(),
+            dead: Vec::new(),
+            last_commit: Instant::now(),
+        };
+        (d, Handle { cmds: tx, stats })
+    }
+
     async fn run(mut self) {
         let mut durable = self.spec.log.durable_changes();
         loop {
@@ -253,7 +270,7 @@ impl Dispatcher {
             self.dispatch().await;
             self.dead_letter().await;
             self.commit(false).await;
-            let wait_for_log = self.pending.len() < self.spec.pending_records;
+            let wait_for_log = !self.read_ahead_full();
             let mut timer = self.next_timer();
             if wait_for_log && !self.caught_up() {
                 // The topic says there is more than the last read returned (a record can be
@@ -298,12 +315,21 @@ impl Dispatcher {
             .is_none_or(|s| self.next_read >= s.next_offset)
     }
 
-    /// Reads ahead from the log into `pending`.
+    /// True when the read-ahead holds as many records or bytes as it may.
+    fn read_ahead_full(&self) -> bool {
+        self.pending.len() >= self.spec.pending_records
+            || self.pending_bytes >= READ_AHEAD_MAX_BYTES
+    }
+
+    /// Reads ahead from the log into `pending`, up to `pending_records` records and about
+    /// `READ_AHEAD_MAX_BYTES` (a read returns at least one record, so the last record read may
+    /// pass the byte limit; a record is at most 1 MiB).
     async fn fill(&mut self) -> Result<(), super::log::Error> {
         let room = self.spec.pending_records.saturating_sub(self.pending.len());
-        if room == 0 || self.caught_up() {
+        if self.read_ahead_full() || self.caught_up() {
             return Ok(());
         }
+        let room_bytes = (READ_AHEAD_MAX_BYTES - self.pending_bytes).min(READ_BYTES);
         let records = self
             .spec
             .log
@@ -312,12 +338,13 @@ impl Dispatcher {
                 self.next_read,
                 ReadLimits {
                     max_records: room,
-                    max_bytes: READ_AHEAD_BYTES,
+                    max_bytes: room_bytes,
                 },
             )
             .await?;
         for r in records {
             self.next_read = r.offset + 1;
+            self.pending_bytes += record_bytes(&r);
             self.pending.push_back(r);
         }
         Ok(())
@@ -569,6 +596,7 @@ impl Dispatcher {
                 }
             };
             if let Some(record) = self.pending.remove(i) {
+                self.pending_bytes = self.pending_bytes.saturating_sub(record_bytes(&record));
                 self.deliver(&member, record, 1);
             }
         }
@@ -610,6 +638,22 @@ impl Dispatcher {
                 self.fail(offset, Duration::ZERO, true);
             }
         }
+        self.drop_stale_deadlines();
+    }
+
+    /// Drops the deadlines of deliveries no longer in flight (acked, failed or delivered
+    /// again) once they outnumber the live ones by `STALE_DEADLINES`: otherwise a busy group
+    /// keeps one per message delivered in the last `ack_wait`. Amortised O(1) per delivery.
+    fn drop_stale_deadlines(&mut self) {
+        if self.deadlines.len() <= self.in_flight.len() + STALE_DEADLINES {
+            return;
+        }
+        let in_flight = &self.in_flight;
+        self.deadlines.retain(|&(_, offset, delivery_id)| {
+            in_flight
+                .get(&offset)
+                .is_some_and(|f| f.delivery_id == delivery_id)
+        });
     }
 
     /// Copies messages that failed too often to `dead-letter.<group>`, then counts them done.
@@ -708,9 +752,112 @@ impl Dispatcher {
     }
 }
 
+/// What a record read ahead costs in memory, about.
+fn record_bytes(r: &StoredRecord) -> usize {
+    r.payload.len()
+        + r.key.as_ref().map_or(0, Vec::len)
+        + r.headers
+            .iter()
+            .map(|(name, value)| name.len() + value.len())
+            .sum::<usize>()
+}
+
 async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::log::LogConfig;
+
+    fn spec(log: Log, topic: &str) -> Spec {
+        Spec {
+            log,
+            topic: TopicName::new(topic).expect("topic"),
+            group: GroupName::new("g").expect("group"),
+            durable: false,
+            start: 0,
+            ack_wait: Duration::from_secs(30),
+            max_deliveries: 5,
+            pending_records: 512,
+            commit_interval: Duration::from_millis(100),
+            delivery_ids: Arc::new(AtomicU64::new(1)),
+        }
+    }
+
+    async fn log_with(
+        dir: &std::path::Path,
+        topic: &str,
+        batches: usize,
+        batch: Vec<NewRecord>,
+    ) -> Log {
+        let log = Log::open(LogConfig::new(dir)).await.expect("open log");
+        let t = TopicName::new(topic).expect("topic");
+        for _ in 0..batches {
+            log.append(&t, batch.clone()).await.expect("append");
+        }
+        log
+    }
+
+    #[tokio::test]
+    async fn read_ahead_of_large_messages_is_capped_in_bytes() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let big = vec![NewRecord::new(vec![7u8; 512 << 10]); 8];
+        let log = log_with(dir.path(), "blobs", 8, big).await;
+        let (mut d, _handle) = Dispatcher::new(spec(log, "blobs"));
+        // No member ever takes anything: read-ahead is all the memory the group holds.
+        for _ in 0..100 {
+            d.fill().await.expect("fill");
+        }
+        let bytes: usize = d.pending.iter().map(|r| r.payload.len()).sum();
+        assert!(!d.pending.is_empty(), "reads ahead at least one message");
+        assert!(
+            bytes <= (4 << 20) + (512 << 10),
+            "{} records, {} KiB read ahead for a stuck group",
+            d.pending.len(),
+            bytes >> 10
+        );
+    }
+
+    #[tokio::test]
+    async fn acked_deliveries_leave_no_ack_deadlines_behind() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let small = vec![NewRecord::new(b"job".to_vec()); 500];
+        let log = log_with(dir.path(), "jobs", 10, small).await;
+        let (mut d, _handle) = Dispatcher::new(spec(log, "jobs"));
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let member = Arc::new(Member::new(1, 10_000, 8 << 20, tx));
+        member.grant(10_000);
+        d.handle(Cmd::Attach(member.clone()));
+        let mut acked = 0;
+        for _ in 0..10_000 {
+            if acked == 5000 {
+                break;
+            }
+            d.fill().await.expect("fill");
+            d.dispatch().await;
+            while let Ok(delivery) = rx.try_recv() {
+                member.consumed(delivery.payload.len());
+                member.grant(1);
+                d.handle(Cmd::Ack {
+                    offset: delivery.offset,
+                    delivery_id: delivery.delivery_id,
+                });
+                acked += 1;
+            }
+            d.expire();
+        }
+        assert_eq!(acked, 5000);
+        assert!(d.in_flight.is_empty());
+        assert!(
+            d.deadlines.len() <= 1024,
+            "{} ack deadlines kept for {} deliveries in flight",
+            d.deadlines.len(),
+            d.in_flight.len()
+        );
     }
 }

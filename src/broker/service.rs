@@ -2,8 +2,9 @@
 //!
 //! Every call is authenticated by the client certificate of its connection: the TLS
 //! handshake requires one chaining to the appliance's CA, and [`PeerDirectory`] maps its
-//! serial to an identity (or refuses it as unknown or revoked). Open subscriptions end when
-//! their certificate is revoked. Handlers only translate between protobuf and [`Broker`].
+//! serial to an identity (or refuses it as unknown or revoked). Open subscriptions and publish
+//! streams end with `UNAUTHENTICATED` when their certificate is revoked. Handlers only
+//! translate between protobuf and [`Broker`].
 
 // tonic's own API returns `Status` (176 bytes) as the error everywhere; boxing it only here
 // would mean unboxing at every handler's return.
@@ -183,18 +184,36 @@ impl proto::broker_server::Broker for BrokerService {
         &self,
         req: Request<Streaming<proto::PublishRequest>>,
     ) -> Result<Response<Self::PublishStreamStream>, Status> {
-        let (peer, _) = self.authenticate(&req)?;
+        let (peer, serial) = self.authenticate(&req)?;
         let mut inbound = req.into_inner();
         let (answers, rx) = mpsc::channel(PUBLISH_WINDOW);
         let (queued, mut waiting) = mpsc::channel(PUBLISH_WINDOW);
         let broker = self.broker.clone();
+        // Rule: a revoked certificate publishes nothing more, also on a stream opened before
+        // the revocation. The reader stops taking batches, and the answerer ends the stream
+        // with UNAUTHENTICATED (batches submitted before the revocation but not yet answered
+        // get that answer too: the publisher cannot rely on them).
+        let (peers, mut revocations) = (self.peers.clone(), self.peers.revocations());
+        let (reader_peers, mut reader_revocations) = (peers.clone(), peers.revocations());
+        let reader_serial = serial.clone();
         // Batches are queued in the order they arrive (keeping producer sequences in order)
         // and answered in that order once durable; many can be in flight at once. A refusal
         // goes through the same queue, so it is answered after the batches before it and the
         // publisher can tell which batch it belongs to.
         tokio::spawn(async move {
             loop {
-                let req = match inbound.message().await {
+                let message = tokio::select! {
+                    biased;
+                    changed = reader_revocations.changed() => {
+                        if changed.is_err() || reader_peers.check(&reader_serial).is_err() {
+                            break;
+                        }
+                        continue;
+                    }
+                    _ = queued.closed() => break,
+                    m = inbound.message() => m,
+                };
+                let req = match message {
                     Ok(Some(req)) => req,
                     Ok(None) => break,
                     Err(e) => {
@@ -220,7 +239,24 @@ impl proto::broker_server::Broker for BrokerService {
             }
         });
         tokio::spawn(async move {
-            while let Some(submitted) = waiting.recv().await {
+            loop {
+                let submitted = tokio::select! {
+                    biased;
+                    changed = revocations.changed() => {
+                        if changed.is_err() {
+                            break;
+                        }
+                        if let Err(e) = peers.check(&serial) {
+                            let _ = answers.send(Err(Status::unauthenticated(e.to_string()))).await;
+                            break;
+                        }
+                        continue;
+                    }
+                    submitted = waiting.recv() => match submitted {
+                        Some(s) => s,
+                        None => break,
+                    },
+                };
                 let answer = match submitted {
                     Ok((id, pending)) => pending
                         .durable()

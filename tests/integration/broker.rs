@@ -439,8 +439,18 @@ async fn agents_reach_only_their_own_cluster_and_revoked_or_unknown_certificates
         .expect("appliance publishes desired state");
     let got = take(&mut sub, 1, true).await;
     assert_eq!(got[0].payload, b"spec v1");
+    // A batch publisher with its stream open, as an agent reporting health has.
+    let reports = format!("clusters.{cluster}.reports.health");
+    let publisher = a.publisher(&reports).expect("publisher");
+    publisher
+        .send(vec![msg(None, "healthy")])
+        .await
+        .expect("send")
+        .wait()
+        .await
+        .expect("a batch before the revocation is stored");
 
-    // Revocation: the open subscription ends, new calls are refused.
+    // Revocation: the open subscription and publish stream end, new calls are refused.
     let serial = agent["certificate"]["serial"].as_str().expect("serial");
     let (status, body) = admin
         .post(
@@ -460,6 +470,30 @@ async fn agents_reach_only_their_own_cluster_and_revoked_or_unknown_certificates
         }
         other => panic!("expected a refusal, got {other:?}"),
     }
+    let after = tokio::time::timeout(Duration::from_secs(10), async {
+        publisher.send(vec![msg(None, "after")]).await?.wait().await
+    })
+    .await
+    .expect("the open publisher answers within 10 s of the revocation");
+    match after {
+        Err(ClientError::Refused(s)) => {
+            assert_eq!(s.code(), tonic::Code::Unauthenticated, "{s:?}");
+            assert!(s.message().contains("revoked"), "{}", s.message());
+        }
+        other => panic!("the open publish stream outlived the revocation: {other:?}"),
+    }
+    let (_, topics) = admin.get("/v1/broker/topics").await;
+    let depth = topics
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|t| t["topic"] == reports.as_str())
+        .map(|t| t["depth"].clone());
+    assert_eq!(
+        depth,
+        Some(json!(2)),
+        "only the reports sent before the revocation: {topics}"
+    );
     match a
         .publish(
             &format!("clusters.{cluster}.reports.health"),
@@ -870,4 +904,319 @@ async fn subscriptions_start_at_an_offset_or_a_time() {
         (got[0].offset, got[0].payload.as_slice()),
         (15, &b"new"[..])
     );
+}
+
+/// What the [`Proxy`] does with a connection.
+const PASS: u8 = 0;
+/// Forward what the client sends, throw away what the broker answers.
+const LOSE_ANSWERS: u8 = 1;
+/// Refuse new connections (accepted and closed at once).
+const DOWN: u8 = 2;
+
+/// A TCP proxy in front of the broker that can lose the broker's answers, as a network that
+/// fails after a request went out does. TLS runs end to end through it.
+struct Proxy {
+    addr: std::net::SocketAddr,
+    mode: Arc<std::sync::atomic::AtomicU8>,
+    cut: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl Proxy {
+    async fn start(upstream: String) -> Proxy {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy address");
+        let mode = Arc::new(std::sync::atomic::AtomicU8::new(PASS));
+        let cut = Arc::new(tokio::sync::watch::channel(0u64).0);
+        let (m, c) = (mode.clone(), cut.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                if m.load(Ordering::SeqCst) == DOWN {
+                    continue;
+                }
+                let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                    continue;
+                };
+                let mut cut = c.subscribe();
+                let m = m.clone();
+                tokio::spawn(async move {
+                    let (mut cr, mut cw) = client.into_split();
+                    let (mut sr, mut sw) = server.into_split();
+                    let up = tokio::io::copy(&mut cr, &mut sw);
+                    let down = async {
+                        let mut buf = vec![0u8; 16 << 10];
+                        loop {
+                            let n = match sr.read(&mut buf).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            if m.load(Ordering::SeqCst) == PASS
+                                && cw.write_all(&buf[..n]).await.is_err()
+                            {
+                                break;
+                            }
+                        }
+                    };
+                    tokio::select! {
+                        _ = up => {}
+                        _ = down => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        Proxy { addr, mode, cut }
+    }
+
+    fn set(&self, mode: u8) {
+        self.mode.store(mode, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Closes every open connection and refuses new ones until `set(PASS)`.
+    fn cut(&self) {
+        self.set(DOWN);
+        self.cut.send_modify(|n| *n += 1);
+    }
+}
+
+/// Waits until `topic` holds `depth` messages, for at most 10 s.
+async fn wait_for_depth(admin: &Api, topic: &str, depth: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, topics) = admin.get("/v1/broker/topics").await;
+        let now = topics
+            .as_array()
+            .and_then(|a| a.iter().find(|t| t["topic"] == topic))
+            .and_then(|t| t["depth"].as_u64())
+            .unwrap_or(0);
+        if now >= depth {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{topic} holds {now} messages after 10 s, expected {depth}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_publish_whose_answer_was_lost_is_stored_once_and_does_not_swallow_the_next() {
+    let app = TestApp::start();
+    let admin = app.admin().await;
+    let issued = issue(&admin, "broker-peer", "b1").await;
+    let proxy = Proxy::start(app.broker.clone()).await;
+    let mut cfg = config(&app, &issued);
+    cfg.endpoints = vec![format!("https://{}", proxy.addr)];
+    cfg.backoff_min = Duration::from_millis(50);
+    cfg.backoff_max = Duration::from_millis(200);
+    cfg.publish_timeout = Duration::from_secs(3);
+    let client = Client::connect(cfg).expect("client");
+    let topic = "ledger.entries";
+    client
+        .publish(topic, vec![msg(None, "warm-up")])
+        .await
+        .expect("publish");
+
+    // The batch is stored but its answer lost; the client's own retry, once the network is
+    // back, is recognised and answered with the original offsets.
+    proxy.set(LOSE_ANSWERS);
+    let publishing = tokio::spawn({
+        let client = client.clone();
+        async move {
+            client
+                .publish(topic, vec![msg(None, "a1"), msg(None, "a2")])
+                .await
+        }
+    });
+    wait_for_depth(&admin, topic, 3).await;
+    proxy.cut();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.set(PASS);
+    let offsets = publishing
+        .await
+        .expect("task")
+        .expect("the retry is answered");
+    assert_eq!(offsets, vec![1, 2]);
+
+    // Stored, answer lost, and the network stays down past publish_timeout: the publish
+    // fails. The next, different batch must be stored, not answered as a duplicate.
+    proxy.set(LOSE_ANSWERS);
+    let publishing = tokio::spawn({
+        let client = client.clone();
+        async move {
+            client
+                .publish(topic, vec![msg(None, "b1"), msg(None, "b2")])
+                .await
+        }
+    });
+    wait_for_depth(&admin, topic, 5).await;
+    proxy.cut();
+    match publishing.await.expect("task") {
+        Err(ClientError::Unreachable { .. }) => {}
+        other => panic!("expected the publish to give up, got {other:?}"),
+    }
+    proxy.set(PASS);
+    let offsets = client
+        .publish(topic, vec![msg(None, "c1"), msg(None, "c2")])
+        .await
+        .expect("publish after a failed one");
+    assert_eq!(offsets, vec![5, 6], "c1, c2 stored as new messages");
+
+    let mut options = SubscribeOptions::new(pattern(topic));
+    options.start = Start::Earliest;
+    let mut sub = client.subscribe(options).await.expect("subscribe");
+    let got: Vec<String> = take(&mut sub, 7, true)
+        .await
+        .into_iter()
+        .map(|d| String::from_utf8(d.payload).expect("utf8"))
+        .collect();
+    assert_eq!(got, ["warm-up", "a1", "a2", "b1", "b2", "c1", "c2"]);
+    quiet(&mut sub, Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn a_batch_larger_than_the_producer_window_is_stored_once_across_a_lost_answer() {
+    let app = TestApp::start();
+    let admin = app.admin().await;
+    let issued = issue(&admin, "broker-peer", "b1").await;
+    let proxy = Proxy::start(app.broker.clone()).await;
+    let mut cfg = config(&app, &issued);
+    cfg.endpoints = vec![format!("https://{}", proxy.addr)];
+    cfg.backoff_min = Duration::from_millis(50);
+    cfg.backoff_max = Duration::from_millis(200);
+    let client = Client::connect(cfg).expect("client");
+    let topic = "bulk.import";
+    client
+        .publish(topic, vec![msg(None, "warm-up")])
+        .await
+        .expect("publish");
+    let total = 3000;
+    proxy.set(LOSE_ANSWERS);
+    let publishing = tokio::spawn({
+        let client = client.clone();
+        async move {
+            let batch = (0..total).map(|i| msg(None, &i.to_string())).collect();
+            client.publish(topic, batch).await
+        }
+    });
+    // The first request's answer is lost once something of the batch is stored.
+    wait_for_depth(&admin, topic, 2).await;
+    proxy.cut();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.set(PASS);
+    let offsets = tokio::time::timeout(Duration::from_secs(30), publishing)
+        .await
+        .expect("answered within 30 s")
+        .expect("task")
+        .expect("the whole batch is stored");
+    assert_eq!(offsets, (1..=total as u64).collect::<Vec<_>>());
+    wait_for_depth(&admin, topic, total as u64 + 1).await;
+    let (_, topics) = admin.get("/v1/broker/topics").await;
+    let depth = topics
+        .as_array()
+        .and_then(|a| a.iter().find(|t| t["topic"] == topic))
+        .map(|t| t["depth"].clone());
+    assert_eq!(depth, Some(json!(total + 1)), "stored once: {topics}");
+}
+
+#[tokio::test]
+async fn a_publisher_refused_for_a_revoked_certificate_fails_its_batches_promptly() {
+    let app = TestApp::start();
+    let admin = app.admin().await;
+    let issued = issue(&admin, "broker-peer", "b1").await;
+    let client = Client::connect(config(&app, &issued)).expect("client");
+    client
+        .publish("events.ops", vec![msg(None, "before")])
+        .await
+        .expect("publish before the revocation");
+    let serial = issued["certificate"]["serial"].as_str().expect("serial");
+    let (status, body) = admin
+        .post(
+            &format!("/v1/broker/certificates/{serial}/revoke"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // The broker refuses the PublishStream call itself: every batch queued fails with that
+    // refusal, promptly, and so does a batch sent later.
+    let publisher = client.publisher("events.ops").expect("publisher");
+    let mut acks = Vec::new();
+    for i in 0..5 {
+        acks.push(
+            publisher
+                .send(vec![msg(None, &format!("after{i}"))])
+                .await
+                .expect("send"),
+        );
+    }
+    for ack in acks {
+        let answer = tokio::time::timeout(Duration::from_secs(10), ack.wait())
+            .await
+            .expect("a refused batch is answered within 10 s");
+        match answer {
+            Err(ClientError::Refused(s)) => {
+                assert_eq!(s.code(), tonic::Code::Unauthenticated, "{s:?}");
+                assert!(s.message().contains("revoked"), "{}", s.message());
+            }
+            other => panic!("expected the refusal, got {other:?}"),
+        }
+    }
+    let later = tokio::time::timeout(Duration::from_secs(10), async {
+        publisher.send(vec![msg(None, "later")]).await?.wait().await
+    })
+    .await
+    .expect("a later batch is answered within 10 s");
+    assert!(
+        matches!(&later, Err(ClientError::Refused(s)) if s.message().contains("revoked")),
+        "{later:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_stuck_subscriber_on_large_messages_costs_a_bounded_read_ahead() {
+    let app = TestApp::start();
+    let admin = app.admin().await;
+    let client = peer_client(&app, &admin, "b1").await;
+    let mut stuck_opts = SubscribeOptions::new(pattern("blobs"));
+    stuck_opts.group = Some(group("stuck"));
+    stuck_opts.credit = 4;
+    let _stuck = client.subscribe(stuck_opts).await.expect("stuck");
+    let rss = |m: &str| -> u64 {
+        m.lines()
+            .find_map(|l| l.strip_prefix("palisade_process_resident_memory_bytes "))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("rss gauge")
+    };
+    let before = rss(&admin.get_text("/metrics").await.1);
+    // 160 MiB in 512 KiB messages: fewer than the 512 messages a group reads ahead.
+    let payload = "x".repeat(512 << 10);
+    let total = 320;
+    for _ in 0..(total / 8) {
+        let batch = (0..8).map(|_| msg(None, &payload)).collect();
+        client.publish("blobs", batch).await.expect("publish");
+    }
+    // Let the stuck group's dispatcher read ahead as far as it will.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = rss(&admin.get_text("/metrics").await.1);
+    let grown = after.saturating_sub(before);
+    assert!(
+        grown < 64 << 20,
+        "the broker grew by {} MiB while 160 MiB of large messages waited for a stuck subscriber",
+        grown >> 20
+    );
+    let (_, groups) = admin.get("/v1/broker/groups").await;
+    let stuck = groups
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|g| g["group"] == "stuck")
+        .expect("stuck group")
+        .clone();
+    assert!(stuck["in_flight"].as_u64() <= Some(4), "{stuck}");
+    assert!(stuck["lag"].as_u64() >= Some(total - 4), "{stuck}");
 }
